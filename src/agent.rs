@@ -1,0 +1,399 @@
+//! Wiring: builds every layer from a [`Config`] and runs them until shutdown.
+//!
+//! `start` returns an [`AgentHandle`]; tests and the demo start many agents in one process
+//! this way, and `main` calls [`run`] with a signal future.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::http::{self, ApiState, NodeFacts};
+use crate::identity::{Admission, KeyError, PublicKey, SecretKey, unix_now, validate_node_name};
+use crate::membership::{self, CoreConfig, JoinConfig, MembershipHandle, NodeId, Snapshot};
+use crate::store::{Store, StoreError};
+use crate::transport::{self, Claims, Transport, TransportConfig, TransportError};
+
+/// Warn about our own certificate when it expires sooner than this.
+pub const CERT_EXPIRY_WARNING_SECS: u64 = 14 * 24 * 3600;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration is wrong (exit status 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The key file is unusable (exit status 2).
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The state directory or database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state directory could not be created.
+    #[error("state_dir {path}: {source}")]
+    StateDir {
+        /// Directory.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The QUIC endpoint could not start.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The HTTP listener could not bind.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+impl AgentError {
+    /// Process exit status for this error: 2 for configuration problems, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::Config(_) | AgentError::Key(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    /// Node name.
+    pub name: String,
+    /// Node key.
+    pub key: PublicKey,
+    /// Address peers dial.
+    pub cluster_addr: SocketAddr,
+    /// Address of the HTTP API.
+    pub http_addr: SocketAddr,
+    membership: MembershipHandle,
+    transport: Transport,
+    store: Store,
+    http_stop: CancellationToken,
+    membership_task: JoinHandle<()>,
+    join_task: JoinHandle<()>,
+    http_task: JoinHandle<()>,
+}
+
+impl AgentHandle {
+    /// The latest membership snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.membership.snapshot()
+    }
+
+    /// Receiver of membership snapshots.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.membership.subscribe()
+    }
+
+    /// Transport counters.
+    pub fn transport_stats(&self) -> &transport::Stats {
+        self.transport.stats()
+    }
+
+    /// Leaves the cluster, stops serving and flushes state.
+    pub async fn shutdown(self) {
+        info!(node = %self.name, "leaving the cluster");
+        // Stop joining first, or the join loop would try to rejoin once we have left.
+        self.join_task.abort();
+        let _ = self.join_task.await;
+        self.membership.leave().await;
+        self.http_stop.cancel();
+        self.transport.close().await;
+        let _ = self.membership_task.await;
+        let _ = self.http_task.await;
+        if let Err(e) = self.store.flush() {
+            error!(error = %e, "flushing state on shutdown");
+        }
+    }
+
+    /// Stops everything at once without leaving, as a crash would (peers must detect it).
+    pub async fn kill(self) {
+        self.transport.abort();
+        self.http_stop.cancel();
+        for t in [self.join_task, self.membership_task, self.http_task] {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// Runs an agent until `shutdown` completes, then leaves gracefully.
+pub async fn run(config: Config, config_path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let agent = start(config, config_path).await?;
+    shutdown.await;
+    agent.shutdown().await;
+    Ok(())
+}
+
+/// Starts an agent. `config_path` locates relative paths and names the file in errors.
+pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, AgentError> {
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    let state_dir = config.node.state_dir.clone();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&state_dir)
+        .map_err(|source| AgentError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
+
+    let key_path = config.key_file();
+    let (secret, created) = SecretKey::load_or_create(&key_path)?;
+    if created {
+        info!(path = %key_path.display(), public_key = %secret.public(), "created node key");
+    }
+    let key = secret.public();
+
+    let certificate = config.certificate(config_path)?;
+    if let Some(cert) = &certificate {
+        check_own_certificate(cert, key, config_path)?;
+    }
+    let name = node_name(&config, certificate.as_ref().map(|c| c.name.as_str()), key);
+
+    let store = Store::open(&state_dir)?;
+    let generation = store.next_generation(unix_now())?;
+
+    let admission = Arc::new(Admission::new(
+        config.network.network_key,
+        config.network.trusted_nodes.iter().copied(),
+    ));
+    let claims = Claims {
+        name: name.clone(),
+        generation,
+        network_cert: certificate.as_ref().map(|c| c.to_bytes()),
+    };
+    let (inbox_tx, inbox_rx) = mpsc::channel(membership::INBOX_CAPACITY);
+    let transport = Transport::bind(
+        &TransportConfig {
+            listen: config.cluster.listen,
+            idle_timeout: config.cluster.idle_timeout,
+            max_connections: config.cluster.max_connections,
+        },
+        &secret,
+        &claims,
+        admission,
+        inbox_tx,
+    )?;
+    let cluster_addr = match advertise_addr(&config, transport.local_addr()) {
+        Ok(a) => a,
+        Err(e) => {
+            transport.abort();
+            return Err(e.into());
+        }
+    };
+
+    let identity = NodeId {
+        key,
+        addr: cluster_addr,
+        generation,
+        bump: 0,
+    };
+    let core_config = CoreConfig {
+        probe_period: config.cluster.probe_period,
+        probe_timeout: config.cluster.probe_timeout,
+        suspect_timeout: config.cluster.suspect_timeout,
+        forget_down_after: config.cluster.forget_down_after,
+    };
+    let (membership, membership_task) =
+        membership::spawn(identity, name.clone(), &core_config, transport.clone(), inbox_rx);
+    let join_task = tokio::spawn(membership::run_join(
+        JoinConfig {
+            bootstrap: config.cluster.bootstrap.clone(),
+            backoff_max: config.cluster.join_backoff_max,
+            advertise: cluster_addr,
+        },
+        transport.clone(),
+        membership.clone(),
+    ));
+
+    let listener = match tokio::net::TcpListener::bind(config.http.listen).await {
+        Ok(l) => l,
+        Err(source) => {
+            transport.abort();
+            membership_task.abort();
+            join_task.abort();
+            return Err(AgentError::Http {
+                addr: config.http.listen,
+                source,
+            });
+        }
+    };
+    let http_addr = listener.local_addr().map_err(|source| AgentError::Http {
+        addr: config.http.listen,
+        source,
+    })?;
+    let http_stop = CancellationToken::new();
+    let router = http::router(ApiState {
+        facts: Arc::new(NodeFacts {
+            name: name.clone(),
+            key,
+            cluster_addr,
+            network: config.network.network_key,
+            started_at,
+            started,
+        }),
+        membership: membership.clone(),
+    });
+    let stop = http_stop.clone();
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    info!(
+        node = %name, key = %key, generation, cluster = %cluster_addr, http = %http_addr,
+        "shoal agent started"
+    );
+    Ok(AgentHandle {
+        name,
+        key,
+        cluster_addr,
+        http_addr,
+        membership,
+        transport,
+        store,
+        http_stop,
+        membership_task,
+        join_task,
+        http_task,
+    })
+}
+
+/// Our certificate must admit our key; an expired one is allowed to start (peers will refuse
+/// it, and say why) but is logged loudly.
+fn check_own_certificate(
+    cert: &crate::identity::NodeCertificate,
+    key: PublicKey,
+    config_path: &Path,
+) -> Result<(), ConfigError> {
+    if cert.node_key != key {
+        return Err(ConfigError::Invalid {
+            path: config_path.to_path_buf(),
+            line: None,
+            key: "network.certificate".into(),
+            message: format!(
+                "certificate is for node key {}, but this node's key is {key}",
+                cert.node_key
+            ),
+        });
+    }
+    let now = unix_now();
+    if now > cert.not_after {
+        error!("this node's certificate has expired; peers will refuse it. Issue a new one with `shoal cert sign`");
+    } else if now < cert.not_before {
+        error!("this node's certificate is not valid yet; peers will refuse it until then");
+    } else if cert.not_after - now < CERT_EXPIRY_WARNING_SECS {
+        warn!(
+            days_left = (cert.not_after - now) / 86400,
+            "this node's certificate expires soon"
+        );
+    }
+    Ok(())
+}
+
+/// Name precedence: the certificate's, then `[node] name`, then the hostname.
+fn node_name(config: &Config, cert_name: Option<&str>, key: PublicKey) -> String {
+    if let Some(n) = cert_name {
+        return n.to_string();
+    }
+    if let Some(n) = &config.node.name {
+        return n.clone();
+    }
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host = host.split('.').next().unwrap_or_default().to_string();
+    if validate_node_name(&host).is_ok() {
+        host
+    } else {
+        format!("node-{}", &key.short()[..6])
+    }
+}
+
+/// The address peers should dial: `advertise`, else the bound address, else an address of
+/// `interfaces`, else the address of the default route.
+fn advertise_addr(config: &Config, bound: SocketAddr) -> Result<SocketAddr, ConfigError> {
+    let port = bound.port();
+    if let Some(mut a) = config.cluster.advertise {
+        if a.port() == 0 {
+            a.set_port(port);
+        }
+        return Ok(a);
+    }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound);
+    }
+    let want_v4 = bound.is_ipv4();
+    if !config.cluster.interfaces.is_empty() {
+        let addrs = if_addrs::get_if_addrs().unwrap_or_default();
+        for wanted in &config.cluster.interfaces {
+            if let Some(ip) = addrs
+                .iter()
+                .filter(|i| &i.name == wanted)
+                .map(|i| i.ip())
+                .find(|ip| ip.is_ipv4() == want_v4)
+            {
+                return Ok(SocketAddr::new(ip, port));
+            }
+        }
+        return Err(ConfigError::Invalid {
+            path: PathBuf::new(),
+            line: None,
+            key: "cluster.interfaces".into(),
+            message: format!(
+                "none of {:?} has an {} address",
+                config.cluster.interfaces,
+                if want_v4 { "IPv4" } else { "IPv6" }
+            ),
+        });
+    }
+    // Connecting a UDP socket sends nothing; it only asks the kernel which source address
+    // the default route would use.
+    let probe: SocketAddr = if want_v4 {
+        "192.0.2.1:9".parse()
+    } else {
+        "[2001:db8::1]:9".parse()
+    }
+    .expect("constant");
+    let unspecified: IpAddr = if want_v4 {
+        [0, 0, 0, 0].into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let ip = std::net::UdpSocket::bind(SocketAddr::new(unspecified, 0))
+        .and_then(|s| s.connect(probe).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified());
+    match ip {
+        Some(ip) => Ok(SocketAddr::new(ip, port)),
+        None => {
+            warn!("cannot determine an address to advertise; using loopback. Set cluster.advertise");
+            Ok(SocketAddr::new(
+                if want_v4 {
+                    [127, 0, 0, 1].into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                },
+                port,
+            ))
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Commands that read the local agent's HTTP API.
+
+use serde::de::DeserializeOwned;
+
+use super::table::{human_secs, render};
+use crate::http::api;
+
+/// How long the CLI waits for the agent.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Options shared by commands that talk to an agent.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// Base URL of the agent's HTTP API.
+    #[arg(long, env = "SHOAL_URL", default_value = super::DEFAULT_URL)]
+    pub url: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn get<T: DeserializeOwned>(args: &ClientArgs, path: &str) -> Result<(T, serde_json::Value), String> {
+    let url = format!("{}{path}", args.url.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client.get(&url).send().await.map_err(|e| {
+        format!(
+            "cannot reach the shoal agent at {}: {e} (is it running? set --url)",
+            args.url
+        )
+    })?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.map_err(|e| format!("{url}: invalid response: {e}"))?;
+    if !status.is_success() {
+        let msg = body.get("error").and_then(|m| m.as_str()).unwrap_or("unknown error");
+        return Err(format!("{url}: {status}: {msg}"));
+    }
+    let typed = serde_json::from_value(body.clone()).map_err(|e| format!("{url}: unexpected response: {e}"))?;
+    Ok((typed, body))
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// `shoal status`.
+pub async fn status(args: &ClientArgs) -> i32 {
+    let (h, raw): (api::Health, _) = match get(args, "/api/health").await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    if args.json {
+        print_json(&raw);
+        return 0;
+    }
+    let network = h
+        .network
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "allowlist (trusted_nodes)".into());
+    let rows = [
+        ("name", h.name),
+        ("key", h.key.to_string()),
+        ("version", h.version),
+        ("uptime", human_secs(h.uptime_secs)),
+        ("cluster", h.cluster_addr.to_string()),
+        ("network", network),
+        ("joined", if h.joined { "yes".into() } else { "no".into() }),
+        (
+            "members",
+            format!(
+                "{} alive, {} suspect, {} down",
+                h.members.alive, h.members.suspect, h.members.down
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{:<9}{v}", format!("{k}:"));
+    }
+    0
+}
+
+/// `shoal members`.
+pub async fn members(args: &ClientArgs) -> i32 {
+    let (m, raw): (api::Members, _) = match get(args, "/api/members").await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    if args.json {
+        print_json(&raw);
+        return 0;
+    }
+    let rows: Vec<Vec<String>> = m
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                format!(
+                    "{}{}",
+                    m.name.clone().unwrap_or_else(|| "?".into()),
+                    if m.local { " *" } else { "" }
+                ),
+                m.key.short(),
+                m.addr.to_string(),
+                serde_json::to_value(m.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                format!("{} ago", human_secs(m.since_secs)),
+                m.incarnation.to_string(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        render(&["NAME", "KEY", "ADDRESS", "STATE", "SINCE", "INCARNATION"], &rows)
+    );
+    0
+}

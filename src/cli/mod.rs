@@ -1,0 +1,198 @@
+//! The `shoal` command line. Every command returns an exit status: 0 success, 1 runtime
+//! failure, 2 bad configuration or usage.
+
+mod client;
+mod demo;
+mod keys;
+mod table;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::agent;
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+
+/// Default URL of the local agent's HTTP API.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7331";
+
+/// shoal: peer-to-peer agent for fleets of machines.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log level or filter (e.g. debug, info, shoal=debug). Default: $LOG_LEVEL, $RUST_LOG, info.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent daemon.
+    Agent {
+        /// Config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Start N agents on loopback with fresh keys and print their URLs; Ctrl-C stops them.
+    Demo {
+        /// Number of agents.
+        #[arg(long, short, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+        nodes: u16,
+    },
+    /// Create an Ed25519 key file (mode 0600) and print its public key.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, short, default_value = "shoal.key")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Network keys.
+    Network {
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
+    /// Node admission certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// Show the local agent's status.
+    Status(client::ClientArgs),
+    /// List cluster members as the local agent sees them.
+    Members(client::ClientArgs),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCommand {
+    /// Create a network key; its public key is the network id (`[network] network_key`).
+    New {
+        /// Where to write the network secret key.
+        #[arg(long, short, default_value = "network.key")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Sign a certificate admitting a node key to the network; prints it in base64.
+    Sign(keys::SignArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate a config file; exit 2 with the problem if it is wrong.
+    Check {
+        /// Config file.
+        #[arg(default_value = DEFAULT_CONFIG_PATH)]
+        path: PathBuf,
+    },
+}
+
+/// Entry point of the binary; returns the exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> i32 {
+    match command {
+        Command::Agent { config } => run_agent(config).await,
+        Command::Demo { nodes } => demo::run(nodes as usize).await,
+        Command::Keygen { out, force } => keys::keygen(&out, force, "node"),
+        Command::Network {
+            command: NetworkCommand::New { out, force },
+        } => keys::keygen(&out, force, "network"),
+        Command::Cert {
+            command: CertCommand::Sign(args),
+        } => keys::sign(&args),
+        Command::Status(args) => client::status(&args).await,
+        Command::Members(args) => client::members(&args).await,
+        Command::Config {
+            command: ConfigCommand::Check { path },
+        } => keys::config_check(&path),
+    }
+}
+
+async fn run_agent(path: PathBuf) -> i32 {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    match agent::run(config, &path, shutdown_signal()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Completes on the first SIGTERM or SIGINT; a second one exits the process at once.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        eprintln!("second signal: exiting without a clean shutdown");
+        std::process::exit(130);
+    });
+}
+
+/// Log filter precedence: `--log-level`, then `LOG_LEVEL`, then `RUST_LOG`, then `info`.
+/// Accepts meshmon/data-mesher style names (INFO, warning, fatal).
+fn init_logging(flag: Option<&str>) {
+    let spec = flag
+        .map(str::to_string)
+        .or_else(|| std::env::var("LOG_LEVEL").ok().filter(|s| !s.is_empty()))
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "info".to_string());
+    let normalized = match spec.to_ascii_lowercase().as_str() {
+        "warning" => "warn".to_string(),
+        "fatal" | "critical" => "error".to_string(),
+        s if ["trace", "debug", "info", "warn", "error", "off"].contains(&s) => s.to_string(),
+        _ => spec.clone(),
+    };
+    let filter = EnvFilter::try_new(&normalized).unwrap_or_else(|e| {
+        eprintln!("warning: invalid log level {spec:?} ({e}); using info");
+        EnvFilter::new("info")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

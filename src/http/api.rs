@@ -1,0 +1,84 @@
+//! JSON bodies of the HTTP API. The CLI deserializes these same types, so the two cannot
+//! drift apart.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::PublicKey;
+use crate::membership::MemberState;
+
+/// `GET /api/health`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    /// Node name.
+    pub name: String,
+    /// Node public key.
+    pub key: PublicKey,
+    /// shoal version.
+    pub version: String,
+    /// Seconds since the agent started.
+    pub uptime_secs: u64,
+    /// Start time, RFC 3339.
+    pub started_at: String,
+    /// Address peers use to reach this node.
+    pub cluster_addr: SocketAddr,
+    /// Network key, when admission is by certificate.
+    pub network: Option<PublicKey>,
+    /// Whether this node is part of a cluster (knows at least one live peer that knows it).
+    pub joined: bool,
+    /// Members by state, this node included.
+    pub members: MemberCounts,
+}
+
+/// Members by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCounts {
+    /// Alive.
+    pub alive: usize,
+    /// Suspect.
+    pub suspect: usize,
+    /// Down (not yet forgotten).
+    pub down: usize,
+    /// All of them.
+    pub total: usize,
+}
+
+/// `GET /api/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Members {
+    /// Every member this node knows, itself included, ordered by key.
+    pub members: Vec<Member>,
+}
+
+/// One member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    /// Name from its certificate; null until this node has talked to it.
+    pub name: Option<String>,
+    /// Node key.
+    pub key: PublicKey,
+    /// Cluster address.
+    pub addr: SocketAddr,
+    /// alive, suspect or down.
+    pub state: MemberState,
+    /// When it entered this state (or identity), RFC 3339.
+    pub since: String,
+    /// Seconds since then.
+    pub since_secs: u64,
+    /// Identity generation: increases each time the node restarts.
+    pub incarnation: u64,
+    /// Times the node renewed its identity within this run after being declared down.
+    pub renewals: u16,
+    /// SWIM incarnation: increases when the node refutes a suspicion.
+    pub swim_incarnation: u16,
+    /// Whether this is the node answering.
+    pub local: bool,
+}
+
+/// Body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong.
+    pub error: String,
+}

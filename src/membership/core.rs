@@ -1,0 +1,409 @@
+//! The membership protocol without sockets or clocks: foca plus the bookkeeping shoal needs
+//! (a member view with state-change times, names learned from certificates, join state).
+//!
+//! Callers pass the current time in; outputs (datagrams to send) are collected and drained.
+//! The async actor in `mod.rs` drives it; the simulation tests drive it with virtual time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{Foca, Identity, NoCustomBroadcast, OwnedNotification, Runtime, State, Timer};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::id::{FocaCodec, NodeId};
+use super::timers::TimerQueue;
+use crate::identity::PublicKey;
+
+/// Largest SWIM packet. QUIC datagrams on a fresh path carry at least ~1160 bytes of payload
+/// (1200-byte minimum MTU less headers); one byte goes to the channel tag.
+pub const MAX_SWIM_PACKET: usize = 1150;
+/// Cluster size foca's dissemination parameters are tuned for.
+const EXPECTED_CLUSTER_SIZE: u32 = 64;
+/// How often foca gossips pending updates, and to how many members.
+const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
+const GOSSIP_FANOUT: usize = 3;
+/// How often a member asks a random peer for members it may not know.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a member tries to reach members it believes down (heals partitions).
+const ANNOUNCE_DOWN_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Protocol timing, from `[cluster]`.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Probe period.
+    pub probe_period: Duration,
+    /// Direct probe timeout.
+    pub probe_timeout: Duration,
+    /// Suspicion timeout.
+    pub suspect_timeout: Duration,
+    /// How long down members are remembered.
+    pub forget_down_after: Duration,
+}
+
+/// A member's state as shown to users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed probes; may still refute.
+    Suspect,
+    /// Declared down (or left).
+    Down,
+}
+
+impl From<State> for MemberState {
+    fn from(s: State) -> Self {
+        match s {
+            State::Alive => MemberState::Alive,
+            State::Suspect => MemberState::Suspect,
+            State::Down => MemberState::Down,
+        }
+    }
+}
+
+/// One member as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    /// Current identity.
+    pub id: NodeId,
+    /// Name from its certificate, once we have talked to it.
+    pub name: Option<String>,
+    /// State.
+    pub state: MemberState,
+    /// Wall-clock time (Unix ms) of the last state or identity change.
+    pub since_ms: u64,
+    /// foca's incarnation (bumped to refute suspicion).
+    pub swim_incarnation: u16,
+    /// Whether this is the local node.
+    pub local: bool,
+}
+
+/// The current time, as the caller sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic time since an arbitrary start.
+    pub mono: Duration,
+    /// Wall-clock Unix milliseconds, for display only.
+    pub wall_ms: u64,
+}
+
+/// Something the caller may want to log or publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// This node is now part of a cluster.
+    Joined,
+    /// This node lost every peer.
+    Isolated,
+    /// This node was declared down and rejoined with a renewed identity.
+    Renewed(NodeId),
+    /// A member changed state.
+    Member {
+        /// Its identity.
+        id: NodeId,
+        /// Its new state.
+        state: MemberState,
+    },
+}
+
+/// Errors from handling input.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// foca rejected the input or failed to act.
+    #[error("swim: {0}")]
+    Foca(#[from] foca::Error),
+    /// The packet's header does not decode.
+    #[error("undecodable SWIM header: {0}")]
+    Header(crate::codec::CodecError),
+    /// The packet claims to come from another node than the authenticated sender.
+    #[error("packet claims sender {claimed:?} but came from {actual}")]
+    Spoofed {
+        /// Identity in the header.
+        claimed: NodeId,
+        /// Key of the connection.
+        actual: PublicKey,
+    },
+}
+
+#[derive(Default)]
+struct Effects {
+    now: Duration,
+    sends: Vec<(NodeId, Bytes)>,
+    timers: Vec<(Duration, Timer<NodeId>)>,
+    notes: Vec<OwnedNotification<NodeId>>,
+}
+
+impl Runtime<NodeId> for Effects {
+    fn notify(&mut self, n: foca::Notification<'_, NodeId>) {
+        self.notes.push(n.to_owned());
+    }
+    fn send_to(&mut self, to: NodeId, data: &[u8]) {
+        self.sends.push((to, Bytes::copy_from_slice(data)));
+    }
+    fn submit_after(&mut self, timer: Timer<NodeId>, after: Duration) {
+        self.timers.push((self.now + after, timer));
+    }
+}
+
+type SwimFoca = Foca<NodeId, FocaCodec, SmallRng, NoCustomBroadcast>;
+
+/// Membership state machine of one node.
+pub struct Core {
+    foca: SwimFoca,
+    fx: Effects,
+    timers: TimerQueue,
+    names: HashMap<PublicKey, String>,
+    local_name: String,
+    local_since_ms: u64,
+    view: BTreeMap<PublicKey, MemberView>,
+    events: Vec<Event>,
+    joined: bool,
+    leaving: bool,
+    version: u64,
+}
+
+impl Core {
+    /// A node with identity `id`; `seed` makes its random choices reproducible.
+    pub fn new(id: NodeId, name: String, config: &CoreConfig, seed: u64, now: Now) -> Core {
+        let mut fc = foca::Config::new_lan(NonZeroU32::new(EXPECTED_CLUSTER_SIZE).expect("nonzero"));
+        fc.probe_period = config.probe_period;
+        fc.probe_rtt = config.probe_timeout;
+        fc.suspect_to_down_after = config.suspect_timeout;
+        fc.remove_down_after = Some(config.forget_down_after);
+        fc.max_packet_size = NonZeroUsize::new(MAX_SWIM_PACKET).expect("nonzero");
+        fc.max_transmissions = fc.max_transmissions.max(NonZeroU8::new(6).expect("nonzero"));
+        fc.notify_down_members = true;
+        fc.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: GOSSIP_INTERVAL,
+            num_members: NonZeroUsize::new(GOSSIP_FANOUT).expect("nonzero"),
+        });
+        fc.periodic_announce = Some(foca::PeriodicParams {
+            frequency: ANNOUNCE_INTERVAL,
+            num_members: NonZeroUsize::new(1).expect("nonzero"),
+        });
+        fc.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: ANNOUNCE_DOWN_INTERVAL,
+            num_members: NonZeroUsize::new(2).expect("nonzero"),
+        });
+        let foca = Foca::new(id, fc, SmallRng::seed_from_u64(seed), FocaCodec);
+        Core {
+            foca,
+            fx: Effects {
+                now: now.mono,
+                ..Effects::default()
+            },
+            timers: TimerQueue::default(),
+            names: HashMap::new(),
+            local_name: name,
+            local_since_ms: now.wall_ms,
+            view: BTreeMap::new(),
+            events: Vec::new(),
+            joined: false,
+            leaving: false,
+            version: 0,
+        }
+    }
+
+    /// Our current identity.
+    pub fn identity(&self) -> &NodeId {
+        self.foca.identity()
+    }
+
+    /// Whether at least one other member knows and accepts us.
+    pub fn joined(&self) -> bool {
+        self.joined
+    }
+
+    /// Increases whenever the member view changes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Handles a SWIM packet from the authenticated peer `from`.
+    pub fn handle_data(&mut self, from: PublicKey, name: &str, data: &[u8], now: Now) -> Result<(), CoreError> {
+        // foca trusts the header's sender; check it against the TLS-authenticated key first.
+        let (header, _) = crate::codec::decode_prefix::<foca::Header<NodeId>>(data).map_err(CoreError::Header)?;
+        if header.src.key != from {
+            return Err(CoreError::Spoofed {
+                claimed: header.src,
+                actual: from,
+            });
+        }
+        self.learn_name(from, name);
+        self.fx.now = now.mono;
+        let result = self.foca.handle_data(data, &mut self.fx);
+        self.after(now);
+        result.map_err(CoreError::from)
+    }
+
+    /// Runs every timer due at `now`, in order.
+    pub fn handle_timers(&mut self, now: Now) {
+        self.fx.now = now.mono;
+        while let Some(timer) = self.timers.pop_due(now.mono) {
+            if let Err(e) = self.foca.handle_timer(timer, &mut self.fx) {
+                debug!(error = %e, "timer");
+            }
+            // Timers scheduled by this one must be queued before the next due one is popped.
+            for (due, t) in self.fx.timers.drain(..) {
+                self.timers.push(due, t);
+            }
+        }
+        self.after(now);
+    }
+
+    /// When the next timer is due.
+    pub fn next_timer(&self) -> Option<Duration> {
+        self.timers.next_due()
+    }
+
+    /// Asks `dst` to let us join its cluster.
+    pub fn announce(&mut self, dst: NodeId, now: Now) -> Result<(), CoreError> {
+        self.fx.now = now.mono;
+        let result = self.foca.announce(dst, &mut self.fx);
+        self.after(now);
+        result.map_err(CoreError::from)
+    }
+
+    /// Declares ourselves down to a few members; the caller should flush sends and stop.
+    pub fn leave(&mut self, now: Now) -> Result<(), CoreError> {
+        self.fx.now = now.mono;
+        self.leaving = true;
+        let result = self.foca.leave_cluster(&mut self.fx);
+        self.after(now);
+        result.map_err(CoreError::from)
+    }
+
+    /// Records the name a peer's certificate carries.
+    pub fn learn_name(&mut self, key: PublicKey, name: &str) {
+        if self.names.get(&key).map(String::as_str) != Some(name) {
+            self.names.insert(key, name.to_string());
+            if let Some(m) = self.view.get_mut(&key) {
+                m.name = Some(name.to_string());
+                self.version += 1;
+            }
+        }
+    }
+
+    /// Datagrams to send, drained.
+    pub fn take_sends(&mut self) -> Vec<(NodeId, Bytes)> {
+        std::mem::take(&mut self.fx.sends)
+    }
+
+    /// Events since the last call, drained.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// All members including ourselves, ordered by key.
+    pub fn members(&self) -> Vec<MemberView> {
+        let me = MemberView {
+            id: self.identity().clone(),
+            name: Some(self.local_name.clone()),
+            state: MemberState::Alive,
+            since_ms: self.local_since_ms,
+            swim_incarnation: 0,
+            local: true,
+        };
+        let mut all: Vec<MemberView> = self.view.values().cloned().collect();
+        all.push(me);
+        all.sort_by_key(|m| m.id.key);
+        all
+    }
+
+    /// Common work after any input: queue timers, track join state, refresh the view.
+    fn after(&mut self, now: Now) {
+        for (due, t) in self.fx.timers.drain(..) {
+            self.timers.push(due, t);
+        }
+        for note in std::mem::take(&mut self.fx.notes) {
+            match note {
+                OwnedNotification::Active => {
+                    if !self.joined {
+                        info!("joined the cluster");
+                        self.events.push(Event::Joined);
+                    }
+                    self.joined = true;
+                }
+                OwnedNotification::Idle => {
+                    if self.joined {
+                        warn!("lost contact with every member");
+                        self.events.push(Event::Isolated);
+                    }
+                    self.joined = false;
+                }
+                OwnedNotification::Defunct => {
+                    if !self.leaving {
+                        warn!("this node was declared down");
+                    }
+                    self.joined = false;
+                }
+                OwnedNotification::Rejoin(id) => {
+                    warn!(identity = ?id, "declared down by the cluster; rejoining with a renewed identity");
+                    self.local_since_ms = now.wall_ms;
+                    self.events.push(Event::Renewed(id));
+                    self.version += 1;
+                }
+                _ => {}
+            }
+        }
+        self.refresh_view(now);
+    }
+
+    fn refresh_view(&mut self, now: Now) {
+        let mut seen = 0usize;
+        let mut changed = false;
+        for member in self.foca.iter_membership_state() {
+            seen += 1;
+            let id = member.id();
+            let state = MemberState::from(member.state());
+            let incarnation = member.incarnation();
+            match self.view.get_mut(&id.addr()) {
+                Some(v) if v.id == *id && v.state == state => {
+                    if v.swim_incarnation != incarnation {
+                        v.swim_incarnation = incarnation;
+                        changed = true;
+                    }
+                }
+                slot => {
+                    let name = self.names.get(&id.key).cloned();
+                    let view = MemberView {
+                        id: id.clone(),
+                        name,
+                        state,
+                        since_ms: now.wall_ms,
+                        swim_incarnation: incarnation,
+                        local: false,
+                    };
+                    match state {
+                        MemberState::Down => info!(member = ?id, "member down"),
+                        MemberState::Suspect => info!(member = ?id, "member suspect"),
+                        MemberState::Alive => info!(member = ?id, "member alive"),
+                    }
+                    self.events.push(Event::Member { id: id.clone(), state });
+                    match slot {
+                        Some(v) => *v = view,
+                        None => {
+                            self.view.insert(id.key, view);
+                        }
+                    }
+                    changed = true;
+                }
+            }
+        }
+        if seen != self.view.len() {
+            // foca forgot members that were down long enough.
+            let current: std::collections::HashSet<PublicKey> =
+                self.foca.iter_membership_state().map(|m| m.id().key).collect();
+            self.view.retain(|k, _| current.contains(k));
+            changed = true;
+        }
+        if changed {
+            self.version += 1;
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! SWIM membership (foca) over QUIC datagrams.
+//!
+//! One task owns the [`Core`] state machine. It reads SWIM datagrams from the transport's
+//! bounded inbox, runs foca's timers in deadline order, and publishes a snapshot of the member
+//! list on a `watch` channel that the HTTP API and the join loop read without talking to it.
+//! Received datagrams are always handled before due timers, so an ack that has already
+//! arrived is never mistaken for a timeout when the task falls behind.
+
+pub mod core;
+mod id;
+mod join;
+mod timers;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::debug;
+
+pub use self::core::{Core, CoreConfig, Event, MemberState, MemberView, Now};
+pub use id::NodeId;
+pub use join::{JoinConfig, run_join};
+
+use crate::transport::{Channel, Inbound, Target, Transport};
+
+/// Capacity of the inbox from the transport. Beyond it datagrams are dropped like UDP loss.
+pub const INBOX_CAPACITY: usize = 1024;
+/// Capacity of the command channel.
+pub const COMMAND_CAPACITY: usize = 64;
+/// Datagrams handled per loop turn before timers get a look in.
+const INBOX_BATCH: usize = 64;
+
+/// What the rest of the agent can see of membership.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Our identity.
+    pub identity: NodeId,
+    /// Whether we are part of a cluster.
+    pub joined: bool,
+    /// Every member, ourselves included.
+    pub members: Vec<MemberView>,
+}
+
+impl Snapshot {
+    /// Counts of members by state, ourselves included.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        self.members.iter().fold((0, 0, 0), |(a, s, d), m| match m.state {
+            MemberState::Alive => (a + 1, s, d),
+            MemberState::Suspect => (a, s + 1, d),
+            MemberState::Down => (a, s, d + 1),
+        })
+    }
+}
+
+enum Command {
+    Announce(NodeId),
+    Leave(oneshot::Sender<()>),
+}
+
+/// Handle to the membership task.
+#[derive(Clone)]
+pub struct MembershipHandle {
+    cmds: mpsc::Sender<Command>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl MembershipHandle {
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that wakes on every snapshot change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// Asks the task to announce us to `dst`.
+    pub async fn announce(&self, dst: NodeId) {
+        let _ = self.cmds.send(Command::Announce(dst)).await;
+    }
+
+    /// Whether the membership task has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.cmds.is_closed()
+    }
+
+    /// Leaves the cluster and stops the task; returns once the leave has been handed to the
+    /// transport.
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(Command::Leave(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts the membership task. `inbox` carries the transport's datagrams.
+pub fn spawn(
+    identity: NodeId,
+    name: String,
+    config: &CoreConfig,
+    transport: Transport,
+    inbox: mpsc::Receiver<(Channel, Inbound)>,
+) -> (MembershipHandle, tokio::task::JoinHandle<()>) {
+    let start = Instant::now();
+    let now = Now {
+        mono: Duration::ZERO,
+        wall_ms: wall_ms(),
+    };
+    let core = Core::new(identity, name, config, rand::random(), now);
+    let snapshot = Arc::new(snapshot_of(&core));
+    let (snap_tx, snap_rx) = watch::channel(snapshot);
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
+    let actor = Actor {
+        core,
+        transport,
+        inbox,
+        cmds: cmd_rx,
+        snapshot: snap_tx,
+        start,
+        published: u64::MAX,
+    };
+    let task = tokio::spawn(actor.run());
+    (
+        MembershipHandle {
+            cmds: cmd_tx,
+            snapshot: snap_rx,
+        },
+        task,
+    )
+}
+
+fn snapshot_of(core: &Core) -> Snapshot {
+    Snapshot {
+        identity: core.identity().clone(),
+        joined: core.joined(),
+        members: core.members(),
+    }
+}
+
+struct Actor {
+    core: Core,
+    transport: Transport,
+    inbox: mpsc::Receiver<(Channel, Inbound)>,
+    cmds: mpsc::Receiver<Command>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    start: Instant,
+    published: u64,
+}
+
+impl Actor {
+    fn now(&self) -> Now {
+        Now {
+            mono: self.start.elapsed(),
+            wall_ms: wall_ms(),
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            for _ in 0..INBOX_BATCH {
+                match self.inbox.try_recv() {
+                    Ok(msg) => self.on_datagram(msg),
+                    Err(_) => break,
+                }
+            }
+            let now = self.now();
+            self.core.handle_timers(now);
+            self.flush();
+
+            let wake = self.core.next_timer().map(|due| self.start + due);
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                msg = self.inbox.recv() => match msg {
+                    Some(msg) => self.on_datagram(msg),
+                    None => return,
+                },
+                cmd = self.cmds.recv() => match cmd {
+                    Some(Command::Announce(dst)) => {
+                        let now = self.now();
+                        if let Err(e) = self.core.announce(dst, now) {
+                            debug!(error = %e, "announce");
+                        }
+                    }
+                    Some(Command::Leave(done)) => {
+                        let now = self.now();
+                        if let Err(e) = self.core.leave(now) {
+                            debug!(error = %e, "leave");
+                        }
+                        self.flush();
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
+                () = sleep => {}
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, (channel, msg): (Channel, Inbound)) {
+        match channel {
+            Channel::Swim => {
+                let now = self.now();
+                if let Err(e) = self.core.handle_data(msg.from, &msg.name, &msg.data, now) {
+                    debug!(peer = %msg.from.short(), error = %e, "SWIM packet rejected");
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        for (to, data) in self.core.take_sends() {
+            let target = Target {
+                key: to.key,
+                addr: to.addr,
+                generation: to.generation,
+            };
+            self.transport.send(target, Channel::Swim, &data);
+        }
+        let _ = self.core.take_events();
+        if self.core.version() != self.published {
+            self.published = self.core.version();
+            self.snapshot.send_replace(Arc::new(snapshot_of(&self.core)));
+        } else if self.snapshot.borrow().joined != self.core.joined() {
+            self.snapshot.send_replace(Arc::new(snapshot_of(&self.core)));
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! QUIC transport: one quinn endpoint per agent, mutual TLS bound to node keys, a cache of
+//! connections per peer key, and unreliable datagrams for membership.
+//!
+//! Sending never blocks: [`Transport::send`] uses a cached connection or starts a bounded
+//! background dial and queues a few datagrams for it. Received datagrams go to the membership
+//! task through a bounded channel with `try_send`; when it is full they are dropped and
+//! counted, as a lossy network would, so a slow consumer never stalls a connection task.
+
+mod frame;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use frame::Channel;
+pub use tls::{Claims, PeerInfo};
+
+use crate::identity::{Admission, PublicKey, Refusal, SecretKey, unix_now};
+
+/// How long an outgoing handshake may take.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an incoming handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Background dials in flight at once; beyond this, datagrams to unconnected peers are dropped.
+pub const MAX_CONCURRENT_DIALS: usize = 64;
+/// Datagrams held for a peer while its connection is being dialled.
+pub const MAX_PENDING_PER_DIAL: usize = 8;
+/// Incoming handshakes in progress at once (quinn's `max_incoming`).
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Per-connection buffer for unread incoming datagrams.
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
+/// Per-connection buffer for datagrams not yet sent.
+pub const DATAGRAM_SEND_BUFFER: usize = 64 * 1024;
+/// On graceful close, how long to wait for queued datagrams (a leave announcement) to go out.
+pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+/// On graceful close, how long to wait for peers to acknowledge the close.
+pub const CLOSE_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Errors of the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// quinn refused to start a connection.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// Address.
+        addr: SocketAddr,
+        /// quinn's error.
+        source: quinn::ConnectError,
+    },
+    /// The handshake or connection failed.
+    #[error("connection to {addr} failed: {source}")]
+    Connection {
+        /// Address.
+        addr: SocketAddr,
+        /// quinn's error.
+        source: quinn::ConnectionError,
+    },
+    /// The handshake did not finish in time.
+    #[error("connection to {0} timed out")]
+    Timeout(SocketAddr),
+    /// The connection limit is reached.
+    #[error("connection limit of {0} reached")]
+    TooManyConnections(usize),
+    /// The address is this node itself.
+    #[error("{0} is this node")]
+    SelfConnection(SocketAddr),
+    /// The peer's certificate was refused after the handshake.
+    #[error("peer at {addr} refused: {refusal}")]
+    Refused {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        refusal: Refusal,
+    },
+}
+
+/// Where to send a datagram: a member's key, address and identity generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Node key; connections are cached by it.
+    pub key: PublicKey,
+    /// Address to dial when not connected.
+    pub addr: SocketAddr,
+    /// Identity generation; a cached connection to an older generation is stale.
+    pub generation: u64,
+}
+
+/// A datagram received from an admitted peer.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Authenticated sender key.
+    pub from: PublicKey,
+    /// Sender's name, from its certificate.
+    pub name: Arc<str>,
+    /// Payload (without the channel byte).
+    pub data: Bytes,
+}
+
+/// Settings of the transport.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// UDP address to bind.
+    pub listen: SocketAddr,
+    /// Idle connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// Most connections held at once.
+    pub max_connections: usize,
+}
+
+/// Counters of the transport, for the API and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Datagrams handed to quinn.
+    pub datagrams_sent: AtomicU64,
+    /// Bytes of those datagrams.
+    pub datagram_bytes_sent: AtomicU64,
+    /// Datagrams received from admitted peers.
+    pub datagrams_received: AtomicU64,
+    /// Bytes of those datagrams.
+    pub datagram_bytes_received: AtomicU64,
+    /// Datagrams dropped: no connection and no dial possible, queue full, or too large.
+    pub datagrams_dropped: AtomicU64,
+    /// Received datagrams that were empty or of an unknown channel.
+    pub datagrams_malformed: AtomicU64,
+    /// Handshakes completed (both directions).
+    pub connections_opened: AtomicU64,
+    /// Outgoing dials that failed.
+    pub dial_failures: AtomicU64,
+    /// Peers refused by admission, both directions.
+    pub refusals: AtomicU64,
+}
+
+struct PeerConn {
+    conn: quinn::Connection,
+    info: PeerInfo,
+}
+
+#[derive(Default)]
+struct Pool {
+    conns: HashMap<PublicKey, PeerConn>,
+    dialing: HashMap<PublicKey, Vec<Bytes>>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    tls: tls::TlsConfigs,
+    admission: Arc<Admission>,
+    transport_config: Arc<quinn::TransportConfig>,
+    local_key: PublicKey,
+    local_addr: SocketAddr,
+    max_connections: usize,
+    pool: Mutex<Pool>,
+    live: AtomicUsize,
+    dial_permits: Arc<Semaphore>,
+    inbound: mpsc::Sender<(Channel, Inbound)>,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+}
+
+/// Handle to the transport. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl Transport {
+    /// Binds the endpoint and starts accepting. Received datagrams are delivered to `inbound`.
+    pub fn bind(
+        config: &TransportConfig,
+        secret: &SecretKey,
+        claims: &Claims,
+        admission: Arc<Admission>,
+        inbound: mpsc::Sender<(Channel, Inbound)>,
+    ) -> Result<Transport, TransportError> {
+        let stats = Arc::new(Stats::default());
+        let hook_stats = stats.clone();
+        let on_refusal: tls::RefusalHook = Arc::new(move |key, refusal| {
+            hook_stats.refusals.fetch_add(1, Ordering::Relaxed);
+            warn!(peer_key = key.map(|k| k.to_string()).unwrap_or_default(), reason = %refusal, "refused peer");
+        });
+        let tls = tls::TlsConfigs::new(tls::LocalCert::new(secret, claims)?, admission.clone(), on_refusal);
+
+        let mut tc = quinn::TransportConfig::default();
+        tc.max_idle_timeout(Some(
+            config
+                .idle_timeout
+                .try_into()
+                .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::MAX)),
+        ))
+        .keep_alive_interval(None)
+        .max_concurrent_bidi_streams(0u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
+        let transport_config = Arc::new(tc);
+
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server()?));
+        server.transport_config(transport_config.clone());
+        server.max_incoming(MAX_PENDING_HANDSHAKES);
+
+        // Stateless resets keyed by the node key: after a restart on the same address, peers
+        // still holding a connection to the previous run get a reset instead of silence.
+        let reset_seed = blake3::derive_key("shoal v1 quic stateless reset key", &secret.seed());
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_seed);
+        let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| TransportError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
+            .map_err(|source| TransportError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+        let inner = Arc::new(Inner {
+            endpoint,
+            tls,
+            admission,
+            transport_config,
+            local_key: secret.public(),
+            local_addr,
+            max_connections: config.max_connections,
+            pool: Mutex::new(Pool::default()),
+            live: AtomicUsize::new(0),
+            dial_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_DIALS)),
+            inbound,
+            stats,
+            cancel: CancellationToken::new(),
+        });
+        let transport = Transport { inner };
+        tokio::spawn(transport.clone().accept_loop());
+        Ok(transport)
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// Peers with a cached connection.
+    pub fn connected_peers(&self) -> Vec<PeerInfo> {
+        self.lock().conns.values().map(|p| p.info.clone()).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        // A panic while holding the pool lock would be a bug in this module; the data (a
+        // cache) stays usable, so recover rather than cascade.
+        self.inner.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a datagram on `channel` to `to` without waiting. Dials in the background when
+    /// there is no usable connection; drops (and counts) the datagram when that is not possible.
+    pub fn send(&self, to: Target, channel: Channel, payload: &[u8]) {
+        let frame = frame::encode(channel, payload);
+        let stats = &self.inner.stats;
+        let mut pool = self.lock();
+        if let Some(pc) = pool.conns.get(&to.key) {
+            let stale = pc.info.generation < to.generation || pc.conn.close_reason().is_some();
+            if stale {
+                let old = pool.conns.remove(&to.key).expect("entry checked above");
+                debug!(peer = %to.key.short(), "dropping connection to an earlier run of the peer");
+                old.conn.close(0u32.into(), b"stale");
+            } else {
+                let len = frame.len() as u64;
+                match pc.conn.send_datagram(frame) {
+                    Ok(()) => {
+                        stats.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+                        stats.datagram_bytes_sent.fetch_add(len, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+                        debug!(peer = %to.key.short(), error = %e, "datagram not sent");
+                    }
+                }
+                return;
+            }
+        }
+        if let Some(pending) = pool.dialing.get_mut(&to.key) {
+            if pending.len() < MAX_PENDING_PER_DIAL {
+                pending.push(frame);
+            } else {
+                stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let Ok(permit) = self.inner.dial_permits.clone().try_acquire_owned() else {
+            stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        pool.dialing.insert(to.key, vec![frame]);
+        drop(pool);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = this.connect(to.addr, Some(to.key)).await;
+            let pending = this.lock().dialing.remove(&to.key).unwrap_or_default();
+            match result {
+                Ok(_) => {
+                    // Go through `send` again so the datagrams use whichever connection is
+                    // now cached (ours, or one the peer opened meanwhile).
+                    for frame in pending {
+                        if let Some((channel, payload)) = frame::decode(frame) {
+                            this.send(to, channel, &payload);
+                        }
+                    }
+                }
+                Err(e) => {
+                    this.inner
+                        .stats
+                        .datagrams_dropped
+                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    debug!(peer = %to.key.short(), addr = %to.addr, error = %e, "dial failed");
+                }
+            }
+        });
+    }
+
+    /// Connects to `addr` and returns the admitted peer. With `expected`, any other key is
+    /// refused during the handshake. The connection is cached for later sends.
+    pub async fn connect(&self, addr: SocketAddr, expected: Option<PublicKey>) -> Result<PeerInfo, TransportError> {
+        let result = self.dial(addr, expected).await;
+        if result.is_err() {
+            self.inner.stats.dial_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn dial(&self, addr: SocketAddr, expected: Option<PublicKey>) -> Result<PeerInfo, TransportError> {
+        if addr == self.inner.local_addr {
+            return Err(TransportError::SelfConnection(addr));
+        }
+        let max = self.inner.max_connections;
+        if self.connection_count() >= max {
+            return Err(TransportError::TooManyConnections(max));
+        }
+        let mut client = quinn::ClientConfig::new(Arc::new(self.inner.tls.client(expected)?));
+        client.transport_config(self.inner.transport_config.clone());
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(client, addr, "shoal")
+            .map_err(|source| TransportError::Connect { addr, source })?;
+        let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
+            .await
+            .map_err(|_| TransportError::Timeout(addr))?
+            .map_err(|source| TransportError::Connection { addr, source })?;
+        self.register(conn, addr)
+    }
+
+    /// Admits a freshly handshaken connection into the pool and starts its reader.
+    fn register(&self, conn: quinn::Connection, addr: SocketAddr) -> Result<PeerInfo, TransportError> {
+        let info = peer_info(&conn, &self.inner.admission).map_err(|refusal| {
+            conn.close(1u32.into(), b"refused");
+            TransportError::Refused { addr, refusal }
+        })?;
+        if info.key == self.inner.local_key {
+            conn.close(0u32.into(), b"self");
+            return Err(TransportError::SelfConnection(addr));
+        }
+        self.inner.live.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        let replaced = self.lock().conns.insert(
+            info.key,
+            PeerConn {
+                conn: conn.clone(),
+                info: info.clone(),
+            },
+        );
+        // A connection to an earlier run is dead weight; a duplicate to the same run (both
+        // sides dialled at once) is left to finish on its own and idle out.
+        if let Some(old) = replaced
+            && old.info.generation < info.generation
+        {
+            old.conn.close(0u32.into(), b"superseded");
+        }
+        debug!(peer = %info.key.short(), name = %info.name, %addr, "connected");
+        tokio::spawn(self.clone().read_loop(conn, info.clone()));
+        Ok(info)
+    }
+
+    async fn read_loop(self, conn: quinn::Connection, info: PeerInfo) {
+        let name: Arc<str> = Arc::from(info.name.as_str());
+        let stats = &self.inner.stats;
+        loop {
+            let datagram = tokio::select! {
+                _ = self.inner.cancel.cancelled() => break,
+                d = conn.read_datagram() => match d {
+                    Ok(d) => d,
+                    Err(e) => {
+                        debug!(peer = %info.key.short(), reason = %e, "connection closed");
+                        break;
+                    }
+                },
+            };
+            stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
+            stats
+                .datagram_bytes_received
+                .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+            let Some((channel, data)) = frame::decode(datagram) else {
+                stats.datagrams_malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let msg = Inbound {
+                from: info.key,
+                name: name.clone(),
+                data,
+            };
+            if self.inner.inbound.try_send((channel, msg)).is_err() {
+                stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut pool = self.lock();
+        if pool
+            .conns
+            .get(&info.key)
+            .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
+        {
+            pool.conns.remove(&info.key);
+        }
+        drop(pool);
+        self.inner.live.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn accept_loop(self) {
+        loop {
+            let incoming = tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                i = self.inner.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => return,
+                },
+            };
+            if self.connection_count() >= self.inner.max_connections {
+                debug!(remote = %incoming.remote_address(), "connection limit reached, refusing");
+                incoming.refuse();
+                continue;
+            }
+            let this = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                    Ok(Ok(conn)) => {
+                        if let Err(e) = this.register(conn, remote) {
+                            debug!(%remote, error = %e, "incoming connection not kept");
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        // Refusals by our verifier were logged with their reason already.
+                        debug!(%remote, error = %e, "incoming handshake failed");
+                    }
+                    Err(_) => debug!(%remote, "incoming handshake timed out"),
+                }
+            });
+        }
+    }
+
+    /// Graceful close: lets queued datagrams (a leave announcement) go out, then closes every
+    /// connection and waits briefly for peers to acknowledge.
+    pub async fn close(&self) {
+        let conns: Vec<quinn::Connection> = self.lock().conns.values().map(|p| p.conn.clone()).collect();
+        let flushed = async {
+            while conns
+                .iter()
+                .any(|c| c.close_reason().is_none() && c.datagram_send_buffer_space() < DATAGRAM_SEND_BUFFER)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flushed).await;
+        self.inner.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(CLOSE_IDLE_TIMEOUT, self.inner.endpoint.wait_idle()).await;
+        self.inner.cancel.cancel();
+        info!("transport closed");
+    }
+
+    /// Stops all transport tasks at once, without telling peers anything; for tests that
+    /// simulate a crash and for aborting startup.
+    pub fn abort(&self) {
+        self.inner.cancel.cancel();
+    }
+}
+
+fn peer_info(conn: &quinn::Connection, admission: &Admission) -> Result<PeerInfo, Refusal> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .ok_or_else(|| Refusal::Malformed("no peer certificate".into()))?;
+    let cert = certs
+        .first()
+        .ok_or_else(|| Refusal::Malformed("empty certificate chain".into()))?;
+    // The verifier admitted this certificate during the handshake; inspecting it again is
+    // cheap and simpler than smuggling the result out of rustls.
+    tls::inspect_peer(cert, admission, unix_now())
+}
