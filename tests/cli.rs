@@ -1,0 +1,243 @@
+//! The `shoal` command line, run as a real process.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::*;
+
+const GOOD_KEY: &str = "Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=";
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn config_errors_exit_2_and_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let allow = format!("[network]\ntrusted_nodes = [\"{GOOD_KEY}\"]\n");
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("missing", String::new(), vec!["cannot read config", "No such file"]),
+        ("badtoml", format!("{allow}[cluster\nlisten = 1\n"), vec!["line 3"]),
+        (
+            "unknown",
+            format!("{allow}[cluster]\nlisten = \"0.0.0.0:7946\"\nbogus = true\n"),
+            vec!["line 5", "bogus"],
+        ),
+        (
+            "badaddr",
+            format!("{allow}[http]\nlisten = \"not-an-address\"\n"),
+            vec!["line 4", "listen"],
+        ),
+        (
+            "badkey",
+            "[network]\ntrusted_nodes = [\"bm90IGEga2V5\"]\n".to_string(),
+            vec!["line 2", "invalid public key"],
+        ),
+        (
+            "unsetvar",
+            format!("{allow}[node]\nname = \"${{SHOAL_TEST_SURELY_UNSET}}\"\n"),
+            vec!["line 4", "SHOAL_TEST_SURELY_UNSET"],
+        ),
+        (
+            "noadmission",
+            "[node]\nname = \"x\"\n".to_string(),
+            vec!["network.network_key", "no admission"],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        let path = if name == "missing" {
+            dir.path().join("missing.toml").to_string_lossy().into_owned()
+        } else {
+            write(dir.path(), &format!("{name}.toml"), &text)
+        };
+        for args in [vec!["agent", "--config", &path], vec!["config", "check", &path]] {
+            let (code, _out, err) = run_shoal(&args);
+            assert_eq!(code, 2, "{name} {args:?}: exit code; stderr: {err}");
+            assert!(err.contains(&path), "{name}: names the file: {err}");
+            for n in &needles {
+                assert!(err.contains(n), "{name}: {err:?} should mention {n:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn keygen_writes_0600_prints_public_key_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.key");
+    let p = path.to_str().unwrap();
+    let (code, out, _) = run_shoal(&["keygen", "--out", p]);
+    assert_eq!(code, 0);
+    let public: shoal::identity::PublicKey = out.trim().parse().expect("prints a base64 public key");
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(shoal::identity::SecretKey::load(&path).unwrap().public(), public);
+
+    let (code, _, err) = run_shoal(&["keygen", "--out", p]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(
+        shoal::identity::SecretKey::load(&path).unwrap().public(),
+        public,
+        "unchanged"
+    );
+
+    let (code, out, _) = run_shoal(&["keygen", "--out", p, "--force"]);
+    assert_eq!(code, 0);
+    assert_ne!(out.trim(), public.to_string());
+}
+
+#[test]
+fn network_and_certificate_workflow_passes_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, network_pub, _) = run_shoal(&["network", "new", "--out", d.join("net.key").to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let (_, node_pub, _) = run_shoal(&["keygen", "--out", d.join("node.key").to_str().unwrap()]);
+    let (code, cert, err) = run_shoal(&[
+        "cert",
+        "sign",
+        "--network-key",
+        d.join("net.key").to_str().unwrap(),
+        "--node",
+        node_pub.trim(),
+        "--name",
+        "web-1",
+        "--valid-for",
+        "90d",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let parsed = shoal::identity::NodeCertificate::from_base64(cert.trim()).unwrap();
+    assert_eq!(parsed.name, "web-1");
+    assert_eq!(parsed.network_key.to_string(), network_pub.trim());
+    let days = (parsed.not_after - parsed.not_before) / 86400;
+    assert!((89..=90).contains(&days), "{days}");
+
+    let config = |key_file: &str| {
+        format!(
+            "[node]\nstate_dir = \"{}\"\nkey_file = \"{key_file}\"\n[network]\nnetwork_key = \"{}\"\ncertificate = \"{}\"\n",
+            d.join("state").display(),
+            network_pub.trim(),
+            cert.trim()
+        )
+    };
+    let good = write(d, "good.toml", &config(d.join("node.key").to_str().unwrap()));
+    let (code, out, err) = run_shoal(&["config", "check", &good]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"), "{out}");
+
+    // The certificate is for another key than the node's: refused.
+    run_shoal(&["keygen", "--out", d.join("other.key").to_str().unwrap()]);
+    let bad = write(d, "bad.toml", &config(d.join("other.key").to_str().unwrap()));
+    let (code, _, err) = run_shoal(&["config", "check", &bad]);
+    assert_eq!(code, 2);
+    assert!(err.contains("certificate is for node key"), "{err}");
+
+    // Bad inputs to cert sign.
+    let (code, _, err) = run_shoal(&[
+        "cert",
+        "sign",
+        "--network-key",
+        d.join("net.key").to_str().unwrap(),
+        "--node",
+        "nope",
+        "--name",
+        "x",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid public key"), "{err}");
+    let (code, _, err) = run_shoal(&[
+        "cert",
+        "sign",
+        "--network-key",
+        d.join("net.key").to_str().unwrap(),
+        "--node",
+        node_pub.trim(),
+        "--name",
+        "bad name",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid node name"), "{err}");
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let (code, out, _) = run_shoal(&["--help"]);
+    assert_eq!(code, 0);
+    for cmd in [
+        "agent", "demo", "keygen", "network", "cert", "status", "members", "config",
+    ] {
+        assert!(out.contains(cmd), "{cmd} missing from help:\n{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_members_read_the_local_agent() {
+    let net = TestNetwork::new();
+    let a = start(net.config("alpha")).await;
+    let mut cb = net.config("beta");
+    bootstrap(&mut cb, &[a.cluster_addr]);
+    let b = start(cb).await;
+    wait_until(Duration::from_secs(10), "pair joined", || {
+        let ok = alive_count(&a) == 2 && alive_count(&b) == 2;
+        async move { ok }
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "names learned", || {
+        let http = a.http_addr;
+        async move { members(http).await.unwrap_or_default().iter().all(|m| m.name.is_some()) }
+    })
+    .await;
+    let url = format!("http://{}", a.http_addr);
+
+    let (out, code) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            let (code, out, _) = run_shoal(&["status", "--url", &url]);
+            (out, code)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("name:    alpha"), "{out}");
+    assert!(out.contains("2 alive, 0 suspect, 0 down"), "{out}");
+
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_shoal(&args)
+        })
+    };
+    let (code, out, _) = run(vec!["members".into(), "--url".into(), url.clone()]).await.unwrap();
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("NAME") && lines[0].contains("STATE"), "{out}");
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        out.contains("alpha *") && out.contains("beta") && out.contains("alive"),
+        "{out}"
+    );
+    // Columns are aligned: STATE starts at the same offset on every line.
+    let col = lines[0].find("STATE").unwrap();
+    assert!(lines[1..].iter().all(|l| &l[col..col + 5] == "alive"), "{out}");
+
+    let (code, out, _) = run(vec!["members".into(), "--json".into(), "--url".into(), url.clone()])
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let parsed: shoal::http::api::Members = serde_json::from_str(&out).expect("valid JSON");
+    assert_eq!(parsed.members.len(), 2);
+
+    let (code, _, err) = run(vec!["status".into(), "--url".into(), "http://127.0.0.1:9".into()])
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the shoal agent"), "{err}");
+
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1,0 +1,238 @@
+//! Deterministic simulation of the membership state machine: no sockets, no wall clock.
+//! Nodes exchange packets through an in-memory network with latency and seeded loss, and
+//! time is virtual, so every run of a test is the same run.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use shoal::identity::SecretKey;
+use shoal::membership::{Core, CoreConfig, MemberState, NodeId, Now};
+
+const LATENCY: Duration = Duration::from_millis(2);
+
+fn config() -> CoreConfig {
+    // Production defaults.
+    CoreConfig {
+        probe_period: Duration::from_secs(1),
+        probe_timeout: Duration::from_millis(500),
+        suspect_timeout: Duration::from_secs(3),
+        forget_down_after: Duration::from_secs(3600),
+    }
+}
+
+struct Sim {
+    nodes: Vec<Option<Core>>,
+    ids: Vec<NodeId>,
+    now: Duration,
+    // (deliver at, sequence, to, from, data)
+    wire: BinaryHeap<Reverse<(Duration, u64, usize, usize, Bytes)>>,
+    seq: u64,
+    rng: SmallRng,
+    loss: f64,
+}
+
+impl Sim {
+    fn new(n: usize, seed: u64) -> Sim {
+        let ids: Vec<NodeId> = (0..n)
+            .map(|i| NodeId {
+                key: SecretKey::from_seed([i as u8 + 1; 32]).public(),
+                addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 7946)),
+                generation: 1,
+                bump: 0,
+            })
+            .collect();
+        let mut sim = Sim {
+            nodes: Vec::new(),
+            ids: ids.clone(),
+            now: Duration::ZERO,
+            wire: BinaryHeap::new(),
+            seq: 0,
+            rng: SmallRng::seed_from_u64(seed),
+            loss: 0.0,
+        };
+        for (i, id) in ids.into_iter().enumerate() {
+            let core = Core::new(id, format!("n{i}"), &config(), seed + i as u64, sim.time());
+            sim.nodes.push(Some(core));
+        }
+        sim
+    }
+
+    fn time(&self) -> Now {
+        Now {
+            mono: self.now,
+            wall_ms: self.now.as_millis() as u64,
+        }
+    }
+
+    fn flush(&mut self, from: usize) {
+        let Some(core) = self.nodes[from].as_mut() else { return };
+        for (to, data) in core.take_sends() {
+            let to = self.ids.iter().position(|x| x.key == to.key).expect("known node");
+            if self.rng.random::<f64>() < self.loss {
+                continue;
+            }
+            self.seq += 1;
+            self.wire.push(Reverse((self.now + LATENCY, self.seq, to, from, data)));
+        }
+    }
+
+    fn announce_all_to(&mut self, seed: usize) {
+        for i in 0..self.nodes.len() {
+            if i != seed {
+                let dst = self.ids[seed].clone();
+                let now = self.time();
+                self.nodes[i].as_mut().unwrap().announce(dst, now).unwrap();
+                self.flush(i);
+            }
+        }
+    }
+
+    /// Runs until virtual time `until`.
+    fn run_until(&mut self, until: Duration) {
+        loop {
+            let next_timer = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| n.as_ref().and_then(|c| c.next_timer()).map(|t| (t, i)))
+                .min();
+            let next_packet = self.wire.peek().map(|Reverse((t, ..))| *t);
+            let next = match (next_timer.map(|(t, _)| t), next_packet) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(until),
+            };
+            if next > until {
+                self.now = until;
+                return;
+            }
+            self.now = next;
+            if next_packet == Some(next) {
+                let Reverse((_, _, to, from, data)) = self.wire.pop().unwrap();
+                let now = self.time();
+                let from_key = self.ids[from].key;
+                if let Some(core) = self.nodes[to].as_mut() {
+                    let _ = core.handle_data(from_key, &format!("n{from}"), &data, now);
+                    self.flush(to);
+                }
+            } else if let Some((_, i)) = next_timer {
+                let now = self.time();
+                self.nodes[i].as_mut().unwrap().handle_timers(now);
+                self.flush(i);
+            }
+        }
+    }
+
+    fn view(&self, observer: usize, subject: usize) -> Option<(MemberState, u64)> {
+        let key = self.ids[subject].key;
+        self.nodes[observer]
+            .as_ref()?
+            .members()
+            .into_iter()
+            .find(|m| m.id.key == key)
+            .map(|m| (m.state, m.id.generation))
+    }
+
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some())
+    }
+
+    fn all_alive(&self) -> bool {
+        self.live().all(|o| {
+            self.live()
+                .all(|s| matches!(self.view(o, s), Some((MemberState::Alive, _))))
+        })
+    }
+}
+
+#[test]
+fn twenty_nodes_converge_through_one_seed() {
+    let mut sim = Sim::new(20, 1);
+    sim.announce_all_to(0);
+    sim.run_until(Duration::from_secs(10));
+    assert!(
+        sim.all_alive(),
+        "all 20 nodes see all 20 alive after 10 virtual seconds"
+    );
+}
+
+#[test]
+fn a_crashed_node_is_declared_down_by_all_within_the_bound() {
+    let mut sim = Sim::new(20, 2);
+    sim.announce_all_to(0);
+    sim.run_until(Duration::from_secs(10));
+    assert!(sim.all_alive());
+    sim.nodes[7] = None;
+    let crashed_at = sim.now;
+    let mut detected = None;
+    while sim.now < crashed_at + Duration::from_secs(20) {
+        let t = sim.now + Duration::from_millis(100);
+        sim.run_until(t);
+        if sim
+            .live()
+            .all(|o| matches!(sim.view(o, 7), Some((MemberState::Down, _))))
+        {
+            detected = Some(sim.now - crashed_at);
+            break;
+        }
+    }
+    let detected = detected.expect("crash detected by everyone");
+    println!("crash detected by all 19 survivors after {detected:?} (virtual)");
+    // probe period + suspicion + dissemination; well inside 10 virtual seconds.
+    assert!(detected < Duration::from_secs(10), "took {detected:?}");
+}
+
+#[test]
+fn ten_percent_loss_causes_no_false_down() {
+    let mut sim = Sim::new(20, 3);
+    sim.announce_all_to(0);
+    sim.run_until(Duration::from_secs(10));
+    assert!(sim.all_alive());
+    sim.loss = 0.10;
+    let end = sim.now + Duration::from_secs(120);
+    while sim.now < end {
+        let t = sim.now + Duration::from_millis(250);
+        sim.run_until(t);
+        for o in 0..20 {
+            for s in 0..20 {
+                assert_ne!(
+                    sim.view(o, s).map(|v| v.0),
+                    Some(MemberState::Down),
+                    "node {o} declared healthy node {s} down at {:?}",
+                    sim.now
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_restarted_node_returns_under_a_newer_generation() {
+    let mut sim = Sim::new(8, 4);
+    sim.announce_all_to(0);
+    sim.run_until(Duration::from_secs(8));
+    assert!(sim.all_alive());
+    sim.nodes[5] = None;
+    sim.run_until(sim.now + Duration::from_secs(10));
+    assert!(
+        (0..8)
+            .filter(|i| *i != 5)
+            .all(|o| sim.view(o, 5).map(|v| v.0) == Some(MemberState::Down))
+    );
+
+    let mut id = sim.ids[5].clone();
+    id.generation = 2;
+    let now = sim.time();
+    sim.nodes[5] = Some(Core::new(id, "n5".into(), &config(), 99, now));
+    let dst = sim.ids[0].clone();
+    sim.nodes[5].as_mut().unwrap().announce(dst, now).unwrap();
+    sim.flush(5);
+    sim.run_until(sim.now + Duration::from_secs(8));
+    for o in 0..8 {
+        assert_eq!(sim.view(o, 5), Some((MemberState::Alive, 2)), "as seen by node {o}");
+    }
+}

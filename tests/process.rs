@@ -1,0 +1,156 @@
+//! The real `shoal agent` binary as a child process among in-process agents: crash and
+//! restart, and graceful exit on SIGTERM.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use shoal::agent::AgentHandle;
+use shoal::membership::MemberState;
+
+/// Writes a config for a process agent named `name` and returns its path and HTTP address.
+fn process_config(net: &TestNetwork, name: &str, seeds: &[SocketAddr]) -> (std::path::PathBuf, SocketAddr) {
+    let c = net.config(name);
+    let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let toml = process_config_toml(
+        &c.node.state_dir,
+        free_udp_port(),
+        http.port(),
+        &net.key.public(),
+        c.network.certificate.as_deref().unwrap(),
+        seeds,
+    );
+    let path = c.node.state_dir.join("shoal.toml");
+    std::fs::write(&path, toml).unwrap();
+    (path, http)
+}
+
+async fn cluster(net: &TestNetwork, n: usize, suspect: Duration) -> Vec<AgentHandle> {
+    let mut c = net.config("p0");
+    c.cluster.suspect_timeout = suspect;
+    let seed = start(c).await;
+    let mut agents = vec![];
+    for i in 1..n {
+        let mut c = net.config(&format!("p{i}"));
+        c.cluster.suspect_timeout = suspect;
+        bootstrap(&mut c, &[seed.cluster_addr]);
+        agents.push(start(c).await);
+    }
+    agents.insert(0, seed);
+    agents
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_is_marked_down_and_returns_under_a_newer_incarnation_without_flapping() {
+    let net = TestNetwork::new();
+    let peers = cluster(&net, 3, Duration::from_millis(1500)).await;
+    let (config, http) = process_config(&net, "victim", &[peers[0].cluster_addr]);
+    let mut victim = AgentProcess::spawn(&config, http);
+
+    wait_until(Duration::from_secs(15), "victim joins: 4 alive everywhere", || {
+        let ok = peers.iter().all(|p| alive_count(p) == 4);
+        async move { ok }
+    })
+    .await;
+    let victim_key = {
+        let list = members(http).await.expect("victim API");
+        assert_eq!(list.iter().filter(|m| m.state == MemberState::Alive).count(), 4);
+        list.iter().find(|m| m.local).unwrap().key
+    };
+    let generation_of = |p: &AgentHandle| {
+        p.snapshot()
+            .members
+            .iter()
+            .find(|m| m.id.key == victim_key)
+            .map(|m| (m.state, m.id.generation, m.since_ms))
+    };
+    let first_generation = generation_of(&peers[0]).unwrap().1;
+
+    victim.kill9();
+    wait_until(Duration::from_secs(15), "all peers mark the killed agent down", || {
+        let ok = peers
+            .iter()
+            .all(|p| state_of(p, &victim_key) == Some(MemberState::Down));
+        async move { ok }
+    })
+    .await;
+
+    let _victim = AgentProcess::spawn(&config, http);
+    wait_until(
+        Duration::from_secs(15),
+        "restarted agent alive everywhere, newer incarnation",
+        || {
+            let ok = peers
+                .iter()
+                .all(|p| matches!(generation_of(p), Some((MemberState::Alive, g, _)) if g > first_generation));
+            async move { ok }
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "restarted agent sees the whole mesh",
+        || async {
+            members(http)
+                .await
+                .is_some_and(|l| l.iter().filter(|m| m.state == MemberState::Alive).count() == 4)
+        },
+    )
+    .await;
+
+    // No flapping: for several probe periods and suspicion timeouts, nobody's view of the
+    // restarted agent changes (any change of state would move `since`).
+    let baseline: Vec<_> = peers.iter().map(|p| generation_of(p).unwrap()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < deadline {
+        for (p, base) in peers.iter().zip(&baseline) {
+            assert_eq!(
+                generation_of(p).as_ref(),
+                Some(base),
+                "{} saw the restarted agent change",
+                p.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for p in peers {
+        p.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_leaves_the_cluster_and_exits_zero() {
+    let net = TestNetwork::new();
+    // Failure detection would take 30 s; only the leave can be seen within the deadline.
+    let peers = cluster(&net, 2, Duration::from_secs(30)).await;
+    let (config, http) = process_config(&net, "leaver", &[peers[0].cluster_addr]);
+    let mut leaver = AgentProcess::spawn(&config, http);
+    wait_until(Duration::from_secs(15), "3 alive", || {
+        let ok = peers.iter().all(|p| alive_count(p) == 3);
+        async move { ok }
+    })
+    .await;
+    let key = members(http).await.unwrap().iter().find(|m| m.local).unwrap().key;
+
+    leaver.signal(15);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = leaver.child.wait().unwrap();
+        (status, leaver)
+    });
+    let (status, leaver) = tokio::time::timeout(Duration::from_secs(10), status)
+        .await
+        .expect("exits")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "log:\n{}", leaver.log());
+    assert!(leaver.log().contains("SIGTERM received"), "{}", leaver.log());
+    wait_until(Duration::from_secs(3), "peers see the leaver down promptly", || {
+        let ok = peers.iter().all(|p| state_of(p, &key) == Some(MemberState::Down));
+        async move { ok }
+    })
+    .await;
+    for p in peers {
+        p.shutdown().await;
+    }
+}
