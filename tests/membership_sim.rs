@@ -25,12 +25,14 @@ fn config() -> CoreConfig {
     }
 }
 
+/// A packet in flight: (deliver at, sequence, to, from, data), earliest first.
+type InFlight = Reverse<(Duration, u64, usize, usize, Bytes)>;
+
 struct Sim {
     nodes: Vec<Option<Core>>,
     ids: Vec<NodeId>,
     now: Duration,
-    // (deliver at, sequence, to, from, data)
-    wire: BinaryHeap<Reverse<(Duration, u64, usize, usize, Bytes)>>,
+    wire: BinaryHeap<InFlight>,
     seq: u64,
     rng: SmallRng,
     loss: f64,
