@@ -103,6 +103,11 @@ impl AgentHandle {
         self.transport.stats()
     }
 
+    /// UDP bytes (sent, received) by this agent's QUIC connections since start.
+    pub fn udp_bytes(&self) -> (u64, u64) {
+        self.transport.udp_bytes()
+    }
+
     /// Leaves the cluster, stops serving and flushes state.
     pub async fn shutdown(self) {
         info!(node = %self.name, "leaving the cluster");

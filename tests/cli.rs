@@ -241,3 +241,40 @@ async fn status_and_members_read_the_local_agent() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[test]
+fn example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/shoal.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // certificate_file points at /etc; substitute an inline form so the example parses here.
+    let env = std::collections::HashMap::<String, String>::new();
+    let text = text.replace("certificate_file = \"/etc/shoal/node.cert\"", "");
+    let err = shoal::config::Config::parse(&text, &path, &env)
+        .unwrap_err()
+        .to_string();
+    // Without a certificate the only complaint is the missing certificate.
+    assert!(
+        err.contains("network.certificate") && err.contains("no certificate"),
+        "{err}"
+    );
+
+    let net = shoal::identity::SecretKey::generate();
+    let cert = shoal::identity::NodeCertificate::issue(
+        &net,
+        shoal::identity::SecretKey::generate().public(),
+        "web-1",
+        0,
+        u64::MAX,
+    )
+    .unwrap();
+    let text = text
+        .replace(
+            "hnuGNlUHyozNi1egatsI9GGx7dh+bNPHdugf5J9yJHQ=",
+            &net.public().to_string(),
+        )
+        .replace("[http]", &format!("certificate = \"{}\"\n\n[http]", cert.to_base64()));
+    let config = shoal::config::Config::parse(&text, &path, &env).expect("example parses");
+    assert_eq!(config.node.name.as_deref(), Some("web-1"));
+    assert_eq!(config.cluster.bootstrap.len(), 2);
+    assert_eq!(config.cluster.bootstrap[1].host, "seed.example.internal");
+}

@@ -154,3 +154,62 @@ async fn sigterm_leaves_the_cluster_and_exits_zero() {
         p.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_agent_rejoins_when_its_bootstrap_peer_returns() {
+    let net = TestNetwork::new();
+    // The seed has no bootstrap list: after its restart only the other agent's join loop can
+    // bring the two together again.
+    let (config, http) = process_config(&net, "seed", &[]);
+    let mut seed = AgentProcess::spawn(&config, http);
+    let seed_addr = wait_for_cluster_addr(&seed).await;
+    let mut c = net.config("lonely");
+    bootstrap(&mut c, &[seed_addr]);
+    let lonely = start(c).await;
+    wait_until(Duration::from_secs(10), "pair joined", || {
+        let ok = lonely.snapshot().joined && alive_count(&lonely) == 2;
+        async move { ok }
+    })
+    .await;
+
+    seed.kill9();
+    wait_until(Duration::from_secs(10), "lonely agent notices it is alone", || {
+        let ok = !lonely.snapshot().joined;
+        async move { ok }
+    })
+    .await;
+
+    let _seed = AgentProcess::spawn(&config, http);
+    wait_until(
+        Duration::from_secs(10),
+        "lonely agent rejoins the restarted seed",
+        || {
+            let ok = lonely.snapshot().joined && alive_count(&lonely) == 2;
+            async move { ok }
+        },
+    )
+    .await;
+    wait_until(Duration::from_secs(5), "the seed sees it too", || async {
+        members(http)
+            .await
+            .is_some_and(|l| l.iter().filter(|m| m.state == MemberState::Alive).count() == 2)
+    })
+    .await;
+    lonely.shutdown().await;
+}
+
+/// Reads a process agent's cluster address from its health endpoint.
+async fn wait_for_cluster_addr(agent: &AgentProcess) -> SocketAddr {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(h) = get_json::<shoal::http::api::Health>(agent.http, "/api/health").await {
+            return h.cluster_addr;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process agent never served its API:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

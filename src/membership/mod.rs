@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 pub use self::core::{Core, CoreConfig, Event, MemberState, MemberView, Now};
-pub use id::NodeId;
+pub use id::{FocaCodec, NodeId};
 pub use join::{JoinConfig, run_join};
 
 use crate::transport::{Channel, Inbound, Target, Transport};

@@ -11,7 +11,7 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -156,8 +156,14 @@ struct PeerConn {
 
 #[derive(Default)]
 struct Pool {
+    /// The connection used to reach each peer.
     conns: HashMap<PublicKey, PeerConn>,
+    /// Every open connection (duplicates included), by quinn's stable id.
+    live: HashMap<usize, quinn::Connection>,
+    /// Datagrams waiting for a dial to finish, by peer.
     dialing: HashMap<PublicKey, Vec<Bytes>>,
+    /// UDP bytes (sent, received) of connections that have closed.
+    closed_udp: (u64, u64),
 }
 
 struct Inner {
@@ -169,7 +175,6 @@ struct Inner {
     local_addr: SocketAddr,
     max_connections: usize,
     pool: Mutex<Pool>,
-    live: AtomicUsize,
     dial_permits: Arc<Semaphore>,
     inbound: mpsc::Sender<(Channel, Inbound)>,
     stats: Arc<Stats>,
@@ -246,7 +251,6 @@ impl Transport {
             local_addr,
             max_connections: config.max_connections,
             pool: Mutex::new(Pool::default()),
-            live: AtomicUsize::new(0),
             dial_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_DIALS)),
             inbound,
             stats,
@@ -269,7 +273,16 @@ impl Transport {
 
     /// Number of open connections.
     pub fn connection_count(&self) -> usize {
-        self.inner.live.load(Ordering::Relaxed)
+        self.lock().live.len()
+    }
+
+    /// UDP bytes (sent, received) over all connections since start, QUIC overhead included.
+    pub fn udp_bytes(&self) -> (u64, u64) {
+        let pool = self.lock();
+        pool.live.values().fold(pool.closed_udp, |(tx, rx), c| {
+            let s = c.stats();
+            (tx + s.udp_tx.bytes, rx + s.udp_rx.bytes)
+        })
     }
 
     /// Peers with a cached connection.
@@ -392,15 +405,18 @@ impl Transport {
             conn.close(0u32.into(), b"self");
             return Err(TransportError::SelfConnection(addr));
         }
-        self.inner.live.fetch_add(1, Ordering::Relaxed);
         self.inner.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
-        let replaced = self.lock().conns.insert(
-            info.key,
-            PeerConn {
-                conn: conn.clone(),
-                info: info.clone(),
-            },
-        );
+        let replaced = {
+            let mut pool = self.lock();
+            pool.live.insert(conn.stable_id(), conn.clone());
+            pool.conns.insert(
+                info.key,
+                PeerConn {
+                    conn: conn.clone(),
+                    info: info.clone(),
+                },
+            )
+        };
         // A connection to an earlier run is dead weight; a duplicate to the same run (both
         // sides dialled at once) is left to finish on its own and idle out.
         if let Some(old) = replaced
@@ -444,6 +460,7 @@ impl Transport {
                 stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let stats = conn.stats();
         let mut pool = self.lock();
         if pool
             .conns
@@ -452,8 +469,9 @@ impl Transport {
         {
             pool.conns.remove(&info.key);
         }
-        drop(pool);
-        self.inner.live.fetch_sub(1, Ordering::Relaxed);
+        pool.live.remove(&conn.stable_id());
+        pool.closed_udp.0 += stats.udp_tx.bytes;
+        pool.closed_udp.1 += stats.udp_rx.bytes;
     }
 
     async fn accept_loop(self) {

@@ -94,6 +94,11 @@ impl LocalCert {
         })
     }
 
+    /// The certificate in DER.
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
     fn chain(&self) -> Vec<CertificateDer<'static>> {
         vec![self.cert.clone()]
     }
