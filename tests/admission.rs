@@ -30,9 +30,8 @@ async fn unadmitted_agents_cannot_join_and_refusals_are_logged_with_reasons() {
     let mut member = net.config("member");
     bootstrap(&mut member, &[seed.cluster_addr]);
     let member = start(member).await;
-    wait_until(Duration::from_secs(10), "admitted pair joined", || {
-        let ok = alive_count(&seed) == 2 && alive_count(&member) == 2;
-        async move { ok }
+    eventually(Duration::from_secs(10), "admitted pair joined", || {
+        alive_count(&seed) == 2 && alive_count(&member) == 2
     })
     .await;
 

@@ -181,9 +181,8 @@ async fn status_and_members_read_the_local_agent() {
     let mut cb = net.config("beta");
     bootstrap(&mut cb, &[a.cluster_addr]);
     let b = start(cb).await;
-    wait_until(Duration::from_secs(10), "pair joined", || {
-        let ok = alive_count(&a) == 2 && alive_count(&b) == 2;
-        async move { ok }
+    eventually(Duration::from_secs(10), "pair joined", || {
+        alive_count(&a) == 2 && alive_count(&b) == 2
     })
     .await;
     wait_until(Duration::from_secs(10), "names learned", || {

@@ -18,9 +18,8 @@ async fn five_agents_bootstrap_through_one_seed_and_all_list_five_alive() {
         agents.push(start(c).await);
     }
     agents.push(seed);
-    wait_until(Duration::from_secs(15), "every agent lists 5 alive members", || {
-        let ok = agents.iter().all(|a| alive_count(a) == 5);
-        async move { ok }
+    eventually(Duration::from_secs(15), "every agent lists 5 alive members", || {
+        agents.iter().all(|a| alive_count(a) == 5)
     })
     .await;
 
@@ -67,17 +66,15 @@ async fn graceful_leave_is_seen_promptly() {
     let mut cc = slow("c");
     bootstrap(&mut cc, &[a.cluster_addr]);
     let c = start(cc).await;
-    wait_until(Duration::from_secs(10), "3 alive everywhere", || {
-        let ok = [&a, &b, &c].iter().all(|x| alive_count(x) == 3);
-        async move { ok }
+    eventually(Duration::from_secs(10), "3 alive everywhere", || {
+        [&a, &b, &c].iter().all(|x| alive_count(x) == 3)
     })
     .await;
 
     let leaving = c.key;
     c.shutdown().await;
-    wait_until(Duration::from_secs(3), "a and b see c down after its leave", || {
-        let ok = state_of(&a, &leaving) == Some(MemberState::Down) && state_of(&b, &leaving) == Some(MemberState::Down);
-        async move { ok }
+    eventually(Duration::from_secs(3), "a and b see c down after its leave", || {
+        state_of(&a, &leaving) == Some(MemberState::Down) && state_of(&b, &leaving) == Some(MemberState::Down)
     })
     .await;
     a.shutdown().await;
@@ -99,9 +96,8 @@ async fn agent_joins_a_bootstrap_peer_that_starts_three_seconds_later() {
     seed_config.cluster.listen = seed_addr;
     let seed = start(seed_config).await;
 
-    wait_until(Duration::from_secs(10), "early agent joins the late seed", || {
-        let ok = alive_count(&early) == 2 && alive_count(&seed) == 2;
-        async move { ok }
+    eventually(Duration::from_secs(10), "early agent joins the late seed", || {
+        alive_count(&early) == 2 && alive_count(&seed) == 2
     })
     .await;
     early.shutdown().await;
@@ -123,28 +119,22 @@ async fn crashed_member_is_marked_down_then_forgotten_after_the_bound() {
         bootstrap(&mut cfg, &[a.cluster_addr]);
         others.push(start(cfg).await);
     }
-    wait_until(Duration::from_secs(10), "3 alive", || {
-        let ok = alive_count(&a) == 3 && others.iter().all(|o| alive_count(o) == 3);
-        async move { ok }
+    eventually(Duration::from_secs(10), "3 alive", || {
+        alive_count(&a) == 3 && others.iter().all(|o| alive_count(o) == 3)
     })
     .await;
 
     let victim = others.pop().unwrap();
     let key = victim.key;
     victim.kill().await;
-    wait_until(
+    eventually(
         Duration::from_secs(10),
         "crashed member marked down by the others",
-        || {
-            let ok =
-                state_of(&a, &key) == Some(MemberState::Down) && state_of(&others[0], &key) == Some(MemberState::Down);
-            async move { ok }
-        },
+        || state_of(&a, &key) == Some(MemberState::Down) && state_of(&others[0], &key) == Some(MemberState::Down),
     )
     .await;
-    wait_until(Duration::from_secs(10), "down member forgotten", || {
-        let ok = state_of(&a, &key).is_none() && state_of(&others[0], &key).is_none();
-        async move { ok }
+    eventually(Duration::from_secs(10), "down member forgotten", || {
+        state_of(&a, &key).is_none() && state_of(&others[0], &key).is_none()
     })
     .await;
     assert_eq!(alive_count(&a), 2);

@@ -49,9 +49,8 @@ async fn killed_agent_is_marked_down_and_returns_under_a_newer_incarnation_witho
     let (config, http) = process_config(&net, "victim", &[peers[0].cluster_addr]);
     let mut victim = AgentProcess::spawn(&config, http);
 
-    wait_until(Duration::from_secs(15), "victim joins: 4 alive everywhere", || {
-        let ok = peers.iter().all(|p| alive_count(p) == 4);
-        async move { ok }
+    eventually(Duration::from_secs(15), "victim joins: 4 alive everywhere", || {
+        peers.iter().all(|p| alive_count(p) == 4)
     })
     .await;
     let victim_key = {
@@ -69,23 +68,21 @@ async fn killed_agent_is_marked_down_and_returns_under_a_newer_incarnation_witho
     let first_generation = generation_of(&peers[0]).unwrap().1;
 
     victim.kill9();
-    wait_until(Duration::from_secs(15), "all peers mark the killed agent down", || {
-        let ok = peers
+    eventually(Duration::from_secs(15), "all peers mark the killed agent down", || {
+        peers
             .iter()
-            .all(|p| state_of(p, &victim_key) == Some(MemberState::Down));
-        async move { ok }
+            .all(|p| state_of(p, &victim_key) == Some(MemberState::Down))
     })
     .await;
 
     let _victim = AgentProcess::spawn(&config, http);
-    wait_until(
+    eventually(
         Duration::from_secs(15),
         "restarted agent alive everywhere, newer incarnation",
         || {
-            let ok = peers
+            peers
                 .iter()
-                .all(|p| matches!(generation_of(p), Some((MemberState::Alive, g, _)) if g > first_generation));
-            async move { ok }
+                .all(|p| matches!(generation_of(p), Some((MemberState::Alive, g, _)) if g > first_generation))
         },
     )
     .await;
@@ -127,9 +124,8 @@ async fn sigterm_leaves_the_cluster_and_exits_zero() {
     let peers = cluster(&net, 2, Duration::from_secs(30)).await;
     let (config, http) = process_config(&net, "leaver", &[peers[0].cluster_addr]);
     let mut leaver = AgentProcess::spawn(&config, http);
-    wait_until(Duration::from_secs(15), "3 alive", || {
-        let ok = peers.iter().all(|p| alive_count(p) == 3);
-        async move { ok }
+    eventually(Duration::from_secs(15), "3 alive", || {
+        peers.iter().all(|p| alive_count(p) == 3)
     })
     .await;
     let key = members(http).await.unwrap().iter().find(|m| m.local).unwrap().key;
@@ -145,9 +141,8 @@ async fn sigterm_leaves_the_cluster_and_exits_zero() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "log:\n{}", leaver.log());
     assert!(leaver.log().contains("SIGTERM received"), "{}", leaver.log());
-    wait_until(Duration::from_secs(3), "peers see the leaver down promptly", || {
-        let ok = peers.iter().all(|p| state_of(p, &key) == Some(MemberState::Down));
-        async move { ok }
+    eventually(Duration::from_secs(3), "peers see the leaver down promptly", || {
+        peers.iter().all(|p| state_of(p, &key) == Some(MemberState::Down))
     })
     .await;
     for p in peers {
@@ -166,27 +161,22 @@ async fn isolated_agent_rejoins_when_its_bootstrap_peer_returns() {
     let mut c = net.config("lonely");
     bootstrap(&mut c, &[seed_addr]);
     let lonely = start(c).await;
-    wait_until(Duration::from_secs(10), "pair joined", || {
-        let ok = lonely.snapshot().joined && alive_count(&lonely) == 2;
-        async move { ok }
+    eventually(Duration::from_secs(10), "pair joined", || {
+        lonely.snapshot().joined && alive_count(&lonely) == 2
     })
     .await;
 
     seed.kill9();
-    wait_until(Duration::from_secs(10), "lonely agent notices it is alone", || {
-        let ok = !lonely.snapshot().joined;
-        async move { ok }
+    eventually(Duration::from_secs(10), "lonely agent notices it is alone", || {
+        !lonely.snapshot().joined
     })
     .await;
 
     let _seed = AgentProcess::spawn(&config, http);
-    wait_until(
+    eventually(
         Duration::from_secs(10),
         "lonely agent rejoins the restarted seed",
-        || {
-            let ok = lonely.snapshot().joined && alive_count(&lonely) == 2;
-            async move { ok }
-        },
+        || lonely.snapshot().joined && alive_count(&lonely) == 2,
     )
     .await;
     wait_until(Duration::from_secs(5), "the seed sees it too", || async {

@@ -34,6 +34,11 @@ where
     }
 }
 
+/// Like [`wait_until`] for a condition that needs no `.await`.
+pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    wait_until(timeout, what, || std::future::ready(cond())).await
+}
+
 /// A network key that signs node certificates.
 pub struct TestNetwork {
     pub key: SecretKey,
