@@ -152,6 +152,8 @@ pub struct Stats {
 struct PeerConn {
     conn: quinn::Connection,
     info: PeerInfo,
+    /// Whether this is the connection both sides prefer when they dialled each other at once.
+    canonical: bool,
 }
 
 #[derive(Default)]
@@ -306,7 +308,7 @@ impl Transport {
             let stale = pc.info.generation < to.generation || pc.conn.close_reason().is_some();
             if stale {
                 let old = pool.conns.remove(&to.key).expect("entry checked above");
-                debug!(peer = %to.key.short(), "dropping connection to an earlier run of the peer");
+                debug!(peer = %to.key.short(), "cached connection is closed or to an earlier run; redialling");
                 old.conn.close(0u32.into(), b"stale");
             } else {
                 let len = frame.len() as u64;
@@ -392,11 +394,12 @@ impl Transport {
             .await
             .map_err(|_| TransportError::Timeout(addr))?
             .map_err(|source| TransportError::Connection { addr, source })?;
-        self.register(conn, addr)
+        self.register(conn, addr, true)
     }
 
-    /// Admits a freshly handshaken connection into the pool and starts its reader.
-    fn register(&self, conn: quinn::Connection, addr: SocketAddr) -> Result<PeerInfo, TransportError> {
+    /// Admits a freshly handshaken connection into the pool and starts its reader. `dialled`
+    /// says whether we initiated it.
+    fn register(&self, conn: quinn::Connection, addr: SocketAddr, dialled: bool) -> Result<PeerInfo, TransportError> {
         let info = peer_info(&conn, &self.inner.admission).map_err(|refusal| {
             conn.close(1u32.into(), b"refused");
             TransportError::Refused { addr, refusal }
@@ -406,25 +409,37 @@ impl Transport {
             return Err(TransportError::SelfConnection(addr));
         }
         self.inner.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
-        let replaced = {
+        // When both sides dial at once there are two connections to the same run of the peer.
+        // Both sides keep sending on the one initiated by the lower key, so the other carries
+        // nothing and idles out instead of doubling the traffic.
+        let canonical = (self.inner.local_key < info.key) == dialled;
+        let superseded = {
             let mut pool = self.lock();
             pool.live.insert(conn.stable_id(), conn.clone());
-            pool.conns.insert(
-                info.key,
-                PeerConn {
+            let keep_existing = pool.conns.get(&info.key).is_some_and(|old| {
+                old.info.generation == info.generation
+                    && old.conn.close_reason().is_none()
+                    && old.canonical
+                    && !canonical
+            });
+            if keep_existing {
+                None
+            } else {
+                let entry = PeerConn {
                     conn: conn.clone(),
                     info: info.clone(),
-                },
-            )
+                    canonical,
+                };
+                pool.conns.insert(info.key, entry)
+            }
         };
-        // A connection to an earlier run is dead weight; a duplicate to the same run (both
-        // sides dialled at once) is left to finish on its own and idle out.
-        if let Some(old) = replaced
+        // A connection to an earlier run of the peer is dead weight.
+        if let Some(old) = superseded
             && old.info.generation < info.generation
         {
             old.conn.close(0u32.into(), b"superseded");
         }
-        debug!(peer = %info.key.short(), name = %info.name, %addr, "connected");
+        debug!(peer = %info.key.short(), name = %info.name, %addr, dialled, canonical, "connected");
         tokio::spawn(self.clone().read_loop(conn, info.clone()));
         Ok(info)
     }
@@ -493,7 +508,7 @@ impl Transport {
                 let remote = incoming.remote_address();
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                     Ok(Ok(conn)) => {
-                        if let Err(e) = this.register(conn, remote) {
+                        if let Err(e) = this.register(conn, remote, false) {
                             debug!(%remote, error = %e, "incoming connection not kept");
                         }
                     }

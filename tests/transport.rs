@@ -1,0 +1,170 @@
+//! The transport on its own, and hostile input from an admitted peer.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use foca::Codec;
+use shoal::identity::{Admission, SecretKey};
+use shoal::membership::{FocaCodec, NodeId};
+use shoal::transport::{Channel, Claims, Inbound, Target, Transport, TransportConfig};
+use tokio::sync::mpsc;
+
+fn transport(
+    secret: &SecretKey,
+    trusted: &[&SecretKey],
+    idle: Duration,
+) -> (Transport, mpsc::Receiver<(Channel, Inbound)>) {
+    let (tx, rx) = mpsc::channel(1024);
+    let t = Transport::bind(
+        &TransportConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            idle_timeout: idle,
+            max_connections: 16,
+        },
+        secret,
+        &Claims {
+            name: "raw".into(),
+            generation: 1,
+            network_cert: None,
+        },
+        Arc::new(Admission::new(None, trusted.iter().map(|k| k.public()))),
+        tx,
+    )
+    .unwrap();
+    (t, rx)
+}
+
+fn target(key: &SecretKey, addr: SocketAddr) -> Target {
+    Target {
+        key: key.public(),
+        addr,
+        generation: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dials_settle_on_one_connection() {
+    let (ka, kb) = (SecretKey::generate(), SecretKey::generate());
+    let idle = Duration::from_secs(1);
+    let (a, mut a_in) = transport(&ka, &[&kb], idle);
+    let (b, mut b_in) = transport(&kb, &[&ka], idle);
+    let (ra, rb) = tokio::join!(
+        a.connect(b.local_addr(), Some(kb.public())),
+        b.connect(a.local_addr(), Some(ka.public()))
+    );
+    ra.unwrap();
+    rb.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "both dials produced a connection on each side",
+        || a.connection_count() == 2 && b.connection_count() == 2,
+    )
+    .await;
+
+    // Keep both directions busy; the connection nobody sends on must idle out.
+    let (ta, tb) = (target(&kb, b.local_addr()), target(&ka, a.local_addr()));
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    let mut received = (0, 0);
+    loop {
+        a.send(ta, Channel::Swim, b"from a");
+        b.send(tb, Channel::Swim, b"from b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while b_in.try_recv().is_ok() {
+            received.0 += 1;
+        }
+        while a_in.try_recv().is_ok() {
+            received.1 += 1;
+        }
+        // Two seconds of traffic at least, so "one connection" is not just "nothing sent yet".
+        if a.connection_count() == 1 && b.connection_count() == 1 && started.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {} and {} connections",
+            a.connection_count(),
+            b.connection_count()
+        );
+    }
+    assert!(
+        received.0 > 10 && received.1 > 10,
+        "datagrams flowed both ways: {received:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_spoofed_swim_packets_from_an_admitted_peer_change_nothing() {
+    let raw_key = SecretKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_key = SecretKey::generate();
+    agent_key.save(&dir.path().join("node.key"), false).unwrap();
+    let mut config = shoal::config::Config::for_test(dir.path());
+    config.network.trusted_nodes = vec![raw_key.public()];
+    let agent = start(config).await;
+    let (raw, _inbox) = transport(&raw_key, &[&agent_key], Duration::from_secs(30));
+    let to = target(&agent_key, agent.cluster_addr);
+    // Connect first: datagrams sent while a dial is in flight are capped (MAX_PENDING_PER_DIAL).
+    raw.connect(agent.cluster_addr, Some(agent_key.public())).await.unwrap();
+
+    // Garbage of every size up to the datagram limit.
+    for len in [0usize, 1, 2, 7, 64, 500, 1100] {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
+        raw.send(to, Channel::Swim, &junk);
+    }
+    // A well-formed announce whose header claims to come from a node that is not the sender.
+    let phantom = NodeId {
+        key: SecretKey::generate().public(),
+        addr: "127.0.0.1:9".parse().unwrap(),
+        generation: 1,
+        bump: 0,
+    };
+    let header = foca::Header {
+        src: phantom.clone(),
+        src_incarnation: 0,
+        dst: agent.snapshot().identity.clone(),
+        message: foca::Message::Announce,
+    };
+    let mut packet = Vec::new();
+    FocaCodec.encode_header(&header, &mut packet).unwrap();
+    for _ in 0..5 {
+        raw.send(to, Channel::Swim, &packet);
+    }
+
+    eventually(Duration::from_secs(5), "the agent received the datagrams", || {
+        agent
+            .transport_stats()
+            .datagrams_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 12
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let snapshot = agent.snapshot();
+    assert_eq!(snapshot.members.len(), 1, "no member was added: {:?}", snapshot.members);
+    assert!(!snapshot.joined);
+    // Still serving.
+    let health: shoal::http::api::Health = get_json(agent.http_addr, "/api/health").await.unwrap();
+    assert_eq!(health.members.total, 1);
+
+    // The same announce with the true sender is accepted: the check above is what stopped it.
+    let honest = foca::Header {
+        src: NodeId {
+            key: raw_key.public(),
+            ..phantom
+        },
+        ..header
+    };
+    let mut packet = Vec::new();
+    FocaCodec.encode_header(&honest, &mut packet).unwrap();
+    raw.send(to, Channel::Swim, &packet);
+    eventually(Duration::from_secs(5), "honest announce accepted", || {
+        agent.snapshot().members.len() == 2
+    })
+    .await;
+    agent.shutdown().await;
+}
