@@ -203,3 +203,131 @@ async fn wait_for_cluster_addr(agent: &AgentProcess) -> SocketAddr {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Reads lines from a child's stdout on a thread until `pred` matches one; returns all lines.
+fn read_until(
+    stdout: std::process::ChildStdout,
+    pred: impl Fn(&str) -> bool + Send + 'static,
+) -> std::sync::mpsc::Receiver<Vec<String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = pred(&line);
+            lines.push(line);
+            if done {
+                let _ = tx.send(lines.clone());
+            }
+        }
+        let _ = tx.send(lines);
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_starts_a_mesh_and_cleans_up_on_ctrl_c() {
+    let mut child = std::process::Command::new(shoal_bin())
+        .args(["demo", "--nodes", "3"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = read_until(child.stdout.take().unwrap(), |l| l.contains("press Ctrl-C"));
+    let lines = tokio::task::spawn_blocking(move || {
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("demo prints its URLs")
+    })
+    .await
+    .unwrap();
+    let state_dir = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("state in "))
+        .expect("state dir line")
+        .to_string();
+    let urls: Vec<SocketAddr> = lines
+        .iter()
+        .filter(|l| l.trim_start().starts_with("node-"))
+        .filter_map(|l| l.split("http://").nth(1))
+        .filter_map(|rest| rest.split('/').next())
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    assert_eq!(urls.len(), 3, "{lines:?}");
+    for http in &urls {
+        wait_until(Duration::from_secs(10), "demo node lists 3 alive", || async {
+            members(*http)
+                .await
+                .is_some_and(|l| l.iter().filter(|m| m.state == MemberState::Alive).count() == 3)
+        })
+        .await;
+    }
+    assert!(std::path::Path::new(&state_dir).exists());
+
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!std::path::Path::new(&state_dir).exists(), "temporary state removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_follows_flag_then_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[node]\nstate_dir = \"{}\"\n[cluster]\nlisten = \"127.0.0.1:0\"\n[network]\ntrusted_nodes = [\"Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\"]\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        dir.path().join("state").display()
+    );
+    let config = dir.path().join("shoal.toml");
+    std::fs::write(&config, toml).unwrap();
+    let c = config.clone();
+    let quiet = tokio::task::spawn_blocking(move || agent_stderr(&c, None, "warn"))
+        .await
+        .unwrap();
+    assert!(
+        !quiet.contains("shoal agent started"),
+        "LOG_LEVEL=warn hides info:\n{quiet}"
+    );
+    let loud = tokio::task::spawn_blocking(move || agent_stderr(&config, Some("debug"), "warn"))
+        .await
+        .unwrap();
+    assert!(
+        loud.contains("shoal agent started") && loud.contains("DEBUG"),
+        "--log-level debug wins:\n{loud}"
+    );
+}
+
+/// Runs `shoal [--log-level flag] agent` with `LOG_LEVEL=env` for a moment, stops it with
+/// SIGTERM and returns what it wrote to stderr.
+fn agent_stderr(config: &std::path::Path, flag: Option<&str>, env: &str) -> String {
+    let mut cmd = std::process::Command::new(shoal_bin());
+    if let Some(level) = flag {
+        cmd.args(["--log-level", level]);
+    }
+    let mut child = cmd
+        .args(["agent", "--config"])
+        .arg(config)
+        .env("LOG_LEVEL", env)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    reader.join().unwrap()
+}
