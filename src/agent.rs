@@ -103,6 +103,11 @@ impl AgentHandle {
         self.transport.stats()
     }
 
+    /// Membership counters.
+    pub fn membership_stats(&self) -> &membership::Stats {
+        self.membership.stats()
+    }
+
     /// UDP bytes (sent, received) by this agent's QUIC connections since start.
     pub fn udp_bytes(&self) -> (u64, u64) {
         self.transport.udp_bytes()

@@ -93,24 +93,6 @@ pub struct Now {
     pub wall_ms: u64,
 }
 
-/// Something the caller may want to log or publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// This node is now part of a cluster.
-    Joined,
-    /// This node lost every peer.
-    Isolated,
-    /// This node was declared down and rejoined with a renewed identity.
-    Renewed(NodeId),
-    /// A member changed state.
-    Member {
-        /// Its identity.
-        id: NodeId,
-        /// Its new state.
-        state: MemberState,
-    },
-}
-
 /// Errors from handling input.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
@@ -161,7 +143,6 @@ pub struct Core {
     local_name: String,
     local_since_ms: u64,
     view: BTreeMap<PublicKey, MemberView>,
-    events: Vec<Event>,
     joined: bool,
     leaving: bool,
     version: u64,
@@ -202,7 +183,6 @@ impl Core {
             local_name: name,
             local_since_ms: now.wall_ms,
             view: BTreeMap::new(),
-            events: Vec::new(),
             joined: false,
             leaving: false,
             version: 0,
@@ -294,11 +274,6 @@ impl Core {
         std::mem::take(&mut self.fx.sends)
     }
 
-    /// Events since the last call, drained.
-    pub fn take_events(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events)
-    }
-
     /// All members including ourselves, ordered by key.
     pub fn members(&self) -> Vec<MemberView> {
         let me = MemberView {
@@ -325,14 +300,12 @@ impl Core {
                 OwnedNotification::Active => {
                     if !self.joined {
                         info!("joined the cluster");
-                        self.events.push(Event::Joined);
                     }
                     self.joined = true;
                 }
                 OwnedNotification::Idle => {
                     if self.joined {
                         warn!("lost contact with every member");
-                        self.events.push(Event::Isolated);
                     }
                     self.joined = false;
                 }
@@ -345,7 +318,6 @@ impl Core {
                 OwnedNotification::Rejoin(id) => {
                     warn!(identity = ?id, "declared down by the cluster; rejoining with a renewed identity");
                     self.local_since_ms = now.wall_ms;
-                    self.events.push(Event::Renewed(id));
                     self.version += 1;
                 }
                 _ => {}
@@ -384,7 +356,6 @@ impl Core {
                         MemberState::Suspect => info!(member = ?id, "member suspect"),
                         MemberState::Alive => info!(member = ?id, "member alive"),
                     }
-                    self.events.push(Event::Member { id: id.clone(), state });
                     match slot {
                         Some(v) => *v = view,
                         None => {

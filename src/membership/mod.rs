@@ -12,13 +12,14 @@ mod join;
 mod timers;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-pub use self::core::{Core, CoreConfig, Event, MemberState, MemberView, Now};
+pub use self::core::{Core, CoreConfig, MemberState, MemberView, Now};
 pub use id::{FocaCodec, NodeId};
 pub use join::{JoinConfig, run_join};
 
@@ -53,6 +54,15 @@ impl Snapshot {
     }
 }
 
+/// Counters of the membership task.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// SWIM packets handed to foca.
+    pub packets_handled: AtomicU64,
+    /// SWIM packets rejected: undecodable, spoofed sender, or refused by foca.
+    pub packets_rejected: AtomicU64,
+}
+
 enum Command {
     Announce(NodeId),
     Leave(oneshot::Sender<()>),
@@ -63,12 +73,18 @@ enum Command {
 pub struct MembershipHandle {
     cmds: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    stats: Arc<Stats>,
 }
 
 impl MembershipHandle {
     /// The latest snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// A receiver that wakes on every snapshot change.
@@ -120,7 +136,9 @@ pub fn spawn(
     let snapshot = Arc::new(snapshot_of(&core));
     let (snap_tx, snap_rx) = watch::channel(snapshot);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
+    let stats = Arc::new(Stats::default());
     let actor = Actor {
+        stats: stats.clone(),
         core,
         transport,
         inbox,
@@ -134,6 +152,7 @@ pub fn spawn(
         MembershipHandle {
             cmds: cmd_tx,
             snapshot: snap_rx,
+            stats,
         },
         task,
     )
@@ -155,6 +174,7 @@ struct Actor {
     snapshot: watch::Sender<Arc<Snapshot>>,
     start: Instant,
     published: u64,
+    stats: Arc<Stats>,
 }
 
 impl Actor {
@@ -217,9 +237,13 @@ impl Actor {
         match channel {
             Channel::Swim => {
                 let now = self.now();
-                if let Err(e) = self.core.handle_data(msg.from, &msg.name, &msg.data, now) {
-                    debug!(peer = %msg.from.short(), error = %e, "SWIM packet rejected");
-                }
+                match self.core.handle_data(msg.from, &msg.name, &msg.data, now) {
+                    Ok(()) => self.stats.packets_handled.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        debug!(peer = %msg.from.short(), error = %e, "SWIM packet rejected");
+                        self.stats.packets_rejected.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
             }
         }
     }
@@ -233,7 +257,6 @@ impl Actor {
             };
             self.transport.send(target, Channel::Swim, &data);
         }
-        let _ = self.core.take_events();
         if self.core.version() != self.published {
             self.published = self.core.version();
             self.snapshot.send_replace(Arc::new(snapshot_of(&self.core)));
