@@ -16,11 +16,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::files::Materializer;
 use crate::http::{self, ApiState, NodeFacts};
 use crate::identity::{Admission, KeyError, PublicKey, SecretKey, unix_now, validate_node_name};
 use crate::membership::{self, CoreConfig, JoinConfig, MembershipHandle, NodeId, Snapshot};
+use crate::replication::item::RecordKind;
+use crate::replication::policy::Policy;
+use crate::replication::records::NodeInfo;
+use crate::replication::{self, ReplicationConfig, ReplicationHandle};
 use crate::store::{Store, StoreError};
 use crate::transport::{self, Claims, Transport, TransportConfig, TransportError};
+
+/// Capacity of the membership → replication event channel (events are hints; extra ones
+/// are dropped).
+pub const MEMBER_EVENTS_CAPACITY: usize = 256;
 
 /// Warn about our own certificate when it expires sooner than this.
 pub const CERT_EXPIRY_WARNING_SECS: u64 = 14 * 24 * 3600;
@@ -79,9 +88,12 @@ pub struct AgentHandle {
     /// Address of the HTTP API.
     pub http_addr: SocketAddr,
     membership: MembershipHandle,
+    replication: ReplicationHandle,
     transport: Transport,
     store: Store,
     http_stop: CancellationToken,
+    store_dir: PathBuf,
+    replication_task: JoinHandle<()>,
     membership_task: JoinHandle<()>,
     join_task: JoinHandle<()>,
     http_task: JoinHandle<()>,
@@ -96,6 +108,21 @@ impl AgentHandle {
     /// Receiver of membership snapshots.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.membership.subscribe()
+    }
+
+    /// Replicated state.
+    pub fn replication(&self) -> &ReplicationHandle {
+        &self.replication
+    }
+
+    /// The directory replicated files are written to.
+    pub fn files_dir(&self) -> PathBuf {
+        self.store_dir.join("files")
+    }
+
+    /// Fault injection: drop all traffic with `peers` (see [`Transport::set_blocked`]).
+    pub fn set_blocked(&self, peers: std::collections::HashSet<PublicKey>) {
+        self.transport.set_blocked(peers);
     }
 
     /// Transport counters.
@@ -124,6 +151,8 @@ impl AgentHandle {
         self.transport.close().await;
         let _ = self.membership_task.await;
         let _ = self.http_task.await;
+        self.replication_task.abort();
+        let _ = self.replication_task.await;
         if let Err(e) = self.store.flush() {
             error!(error = %e, "flushing state on shutdown");
         }
@@ -133,7 +162,12 @@ impl AgentHandle {
     pub async fn kill(self) {
         self.transport.abort();
         self.http_stop.cancel();
-        for t in [self.join_task, self.membership_task, self.http_task] {
+        for t in [
+            self.join_task,
+            self.membership_task,
+            self.http_task,
+            self.replication_task,
+        ] {
             t.abort();
             let _ = t.await;
         }
@@ -178,6 +212,23 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
     let store = Store::open(&state_dir)?;
     let generation = store.next_generation(unix_now())?;
 
+    let policy = Policy {
+        network_id: config.network_id(),
+        files: config
+            .files
+            .iter()
+            .map(|(name, keys)| (name.clone(), keys.iter().copied().collect()))
+            .collect(),
+        max_file_size: config.replication.max_file_size.as_u64(),
+        max_skew: config.replication.max_clock_skew,
+    };
+    let (replication, replication_parts) = replication::channel(store.clone(), policy);
+    let materializer =
+        Materializer::start(&state_dir.join("files"), store.clone()).map_err(|source| AgentError::StateDir {
+            path: state_dir.join("files"),
+            source,
+        })?;
+
     let admission = Arc::new(Admission::new(
         config.network.network_key,
         config.network.trusted_nodes.iter().copied(),
@@ -219,8 +270,44 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         suspect_timeout: config.cluster.suspect_timeout,
         forget_down_after: config.cluster.forget_down_after,
     };
-    let (membership, membership_task) =
-        membership::spawn(identity, name.clone(), &core_config, transport.clone(), inbox_rx);
+    let (events_tx, events_rx) = mpsc::channel(MEMBER_EVENTS_CAPACITY);
+    let (membership, membership_task) = membership::spawn(
+        identity,
+        name.clone(),
+        &core_config,
+        transport.clone(),
+        inbox_rx,
+        replication.broadcast_filter(),
+        Some(events_tx),
+    );
+    let replication_task = match replication::spawn(
+        replication_parts,
+        &ReplicationConfig {
+            anti_entropy_interval: config.replication.anti_entropy_interval,
+        },
+        membership.clone(),
+        events_rx,
+        transport.clone(),
+        materializer,
+        secret.clone(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            transport.abort();
+            membership_task.abort();
+            return Err(e.into());
+        }
+    };
+    let info = NodeInfo {
+        name: name.clone(),
+        version: crate::VERSION.to_string(),
+        addr: cluster_addr,
+        generation,
+        started_at_ms: crate::time::unix_ms(),
+    };
+    if let Ok(content) = crate::codec::encode(&info) {
+        replication.publish(RecordKind::NodeInfo, content).await;
+    }
     let join_task = tokio::spawn(membership::run_join(
         JoinConfig {
             bootstrap: config.cluster.bootstrap.clone(),
@@ -237,6 +324,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             transport.abort();
             membership_task.abort();
             join_task.abort();
+            replication_task.abort();
             return Err(AgentError::Http {
                 addr: config.http.listen,
                 source,
@@ -258,6 +346,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             started,
         }),
         membership: membership.clone(),
+        replication: replication.clone(),
     });
     let stop = http_stop.clone();
     let http_task = tokio::spawn(async move {
@@ -279,9 +368,12 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         cluster_addr,
         http_addr,
         membership,
+        replication,
         transport,
         store,
         http_stop,
+        store_dir: state_dir,
+        replication_task,
         membership_task,
         join_task,
         http_task,

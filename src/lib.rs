@@ -14,10 +14,13 @@ pub mod agent;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod identity;
 pub mod membership;
+pub mod replication;
 pub mod store;
+pub mod time;
 pub mod transport;
 
 /// The shoal version, from Cargo.

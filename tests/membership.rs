@@ -27,7 +27,7 @@ async fn five_agents_bootstrap_through_one_seed_and_all_list_five_alive() {
     for a in &agents {
         let list = members(a.http_addr).await.expect("members API");
         assert_eq!(list.len(), 5);
-        assert!(list.iter().all(|m| m.state == MemberState::Alive));
+        assert!(list.iter().all(|m| m.state == MemberState::Alive), "{list:#?}");
         assert_eq!(list.iter().filter(|m| m.local).count(), 1);
     }
     wait_until(Duration::from_secs(10), "names learned", || {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use shoal::identity::SecretKey;
-use shoal::membership::{Core, CoreConfig, MemberState, NodeId, Now};
+use shoal::membership::{Core, CoreConfig, MemberState, NoBroadcasts, NodeId, Now};
 
 const LATENCY: Duration = Duration::from_millis(2);
 
@@ -58,7 +58,14 @@ impl Sim {
             loss: 0.0,
         };
         for (i, id) in ids.into_iter().enumerate() {
-            let core = Core::new(id, format!("n{i}"), &config(), seed + i as u64, sim.time());
+            let core = Core::new(
+                id,
+                format!("n{i}"),
+                &config(),
+                seed + i as u64,
+                sim.time(),
+                Box::new(NoBroadcasts),
+            );
             sim.nodes.push(Some(core));
         }
         sim
@@ -229,7 +236,7 @@ fn a_restarted_node_returns_under_a_newer_generation() {
     let mut id = sim.ids[5].clone();
     id.generation = 2;
     let now = sim.time();
-    sim.nodes[5] = Some(Core::new(id, "n5".into(), &config(), 99, now));
+    sim.nodes[5] = Some(Core::new(id, "n5".into(), &config(), 99, now, Box::new(NoBroadcasts)));
     let dst = sim.ids[0].clone();
     sim.nodes[5].as_mut().unwrap().announce(dst, now).unwrap();
     sim.flush(5);

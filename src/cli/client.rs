@@ -6,7 +6,8 @@ use super::table::{human_secs, render};
 use crate::http::api;
 
 /// How long the CLI waits for the agent.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Generous, since uploads carry up to `max_file_size` bytes.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Options shared by commands that talk to an agent.
 #[derive(Debug, clap::Args)]
@@ -19,29 +20,81 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
-async fn get<T: DeserializeOwned>(args: &ClientArgs, path: &str) -> Result<(T, serde_json::Value), String> {
+/// A response from the agent.
+pub(super) struct Reply {
+    /// HTTP status.
+    pub status: reqwest::StatusCode,
+    /// Raw body.
+    pub bytes: bytes::Bytes,
+}
+
+impl Reply {
+    /// The JSON body.
+    pub fn json(&self) -> Result<serde_json::Value, String> {
+        serde_json::from_slice(&self.bytes).map_err(|e| format!("invalid response from the agent: {e}"))
+    }
+
+    /// "message (reason)" from an error body.
+    pub fn error(&self) -> String {
+        match serde_json::from_slice::<api::ApiError>(&self.bytes) {
+            Ok(e) => match e.reason {
+                Some(r) => format!("{} ({r})", e.error),
+                None => e.error,
+            },
+            Err(_) => format!("HTTP {}", self.status),
+        }
+    }
+
+    /// The stable reason label of an error body.
+    pub fn reason(&self) -> Option<String> {
+        serde_json::from_slice::<api::ApiError>(&self.bytes)
+            .ok()
+            .and_then(|e| e.reason)
+    }
+}
+
+/// Sends a request to the agent; `Err` only when it cannot be reached or read.
+pub(super) async fn call(
+    args: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<(Vec<u8>, &str)>,
+) -> Result<Reply, String> {
     let url = format!("{}{path}", args.url.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|e| e.to_string())?;
-    let resp = client.get(&url).send().await.map_err(|e| {
+    let mut req = client.request(method, &url);
+    if let Some((bytes, content_type)) = body {
+        req = req.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes);
+    }
+    let resp = req.send().await.map_err(|e| {
         format!(
             "cannot reach the shoal agent at {}: {e} (is it running? set --url)",
             args.url
         )
     })?;
     let status = resp.status();
-    let body: serde_json::Value = resp.json().await.map_err(|e| format!("{url}: invalid response: {e}"))?;
-    if !status.is_success() {
-        let msg = body.get("error").and_then(|m| m.as_str()).unwrap_or("unknown error");
-        return Err(format!("{url}: {status}: {msg}"));
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("{url}: reading the response: {e}"))?;
+    Ok(Reply { status, bytes })
+}
+
+/// GETs `path` and parses it as `T`; returns the raw JSON too (for `--json`).
+pub(super) async fn get<T: DeserializeOwned>(args: &ClientArgs, path: &str) -> Result<(T, serde_json::Value), String> {
+    let reply = call(args, reqwest::Method::GET, path, None).await?;
+    if !reply.status.is_success() {
+        return Err(reply.error());
     }
-    let typed = serde_json::from_value(body.clone()).map_err(|e| format!("{url}: unexpected response: {e}"))?;
+    let body = reply.json()?;
+    let typed = serde_json::from_value(body.clone()).map_err(|e| format!("unexpected response from the agent: {e}"))?;
     Ok((typed, body))
 }
 
-fn print_json(v: &serde_json::Value) {
+pub(super) fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 

@@ -3,6 +3,7 @@
 
 mod client;
 mod demo;
+mod files;
 mod keys;
 mod table;
 
@@ -65,6 +66,11 @@ enum Command {
     Status(client::ClientArgs),
     /// List cluster members as the local agent sees them.
     Members(client::ClientArgs),
+    /// Replicated files: upload (signed), delete, list, read.
+    File {
+        #[command(subcommand)]
+        command: files::FileCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -128,6 +134,7 @@ async fn dispatch(command: Command) -> i32 {
         } => keys::sign(&args),
         Command::Status(args) => client::status(&args).await,
         Command::Members(args) => client::members(&args).await,
+        Command::File { command } => files::run(command).await,
         Command::Config {
             command: ConfigCommand::Check { path },
         } => keys::config_check(&path),

@@ -7,6 +7,7 @@
 
 mod expand;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use serde::Deserialize;
 
 pub use expand::{Env, ExpandError, ProcessEnv, expand};
 
+use crate::files::validate_file_name;
 use crate::identity::{NodeCertificate, PublicKey, validate_node_name};
 
 /// Default path of the agent's config file.
@@ -86,6 +88,48 @@ pub struct Config {
     /// `[http]`: the local API.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[files]`: file name → base64 public keys allowed to sign it. Only these names are
+    /// accepted, from uploads and from peers.
+    #[serde(default)]
+    pub files: BTreeMap<String, Vec<PublicKey>>,
+    /// `[replication]`: tuning of signed state replication.
+    #[serde(default)]
+    pub replication: ReplicationSection,
+}
+
+/// `[replication]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// How often to reconcile with a random peer. Default 15s.
+    #[serde(default = "default_anti_entropy_interval", with = "humantime_serde")]
+    pub anti_entropy_interval: Duration,
+    /// Largest accepted file, e.g. "64MiB". Default 64 MiB.
+    #[serde(default = "default_max_file_size")]
+    pub max_file_size: bytesize::ByteSize,
+    /// Versions further than this in the future are rejected. Default 5m.
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        ReplicationSection {
+            anti_entropy_interval: default_anti_entropy_interval(),
+            max_file_size: default_max_file_size(),
+            max_clock_skew: default_max_clock_skew(),
+        }
+    }
+}
+
+fn default_anti_entropy_interval() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_max_file_size() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(64)
+}
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// `[node]` section.
@@ -214,6 +258,9 @@ pub struct NetworkConfig {
     /// Keys admitted without a certificate.
     #[serde(default)]
     pub trusted_nodes: Vec<PublicKey>,
+    /// Name of the mesh when it has no network key (allowlist only): every node of one mesh
+    /// must use the same name, since signed items bind it. Default "shoal".
+    pub name: Option<String>,
 }
 
 /// `[http]` section.
@@ -391,6 +438,33 @@ impl Config {
                 ));
             }
         }
+        for (name, keys) in &self.files {
+            validate_file_name(name).map_err(|e| invalid("files", name, e.to_string()))?;
+            if keys.is_empty() {
+                return Err(invalid(
+                    "files",
+                    name,
+                    "lists no signer keys; nobody could update it".into(),
+                ));
+            }
+        }
+        if self.replication.max_file_size.as_u64() == 0 {
+            return Err(invalid("replication", "max_file_size", "must be above zero".into()));
+        }
+        if self.replication.anti_entropy_interval.is_zero() {
+            return Err(invalid(
+                "replication",
+                "anti_entropy_interval",
+                "must be above zero".into(),
+            ));
+        }
+        if net.network_key.is_some() && net.name.is_some() {
+            return Err(invalid(
+                "network",
+                "name",
+                "only used without network_key (the network key is the id)".into(),
+            ));
+        }
         let c = &self.cluster;
         if c.probe_timeout.is_zero() || c.probe_timeout >= c.probe_period {
             return Err(invalid(
@@ -442,6 +516,18 @@ impl Config {
             })
     }
 
+    /// The network id signed items are bound to: the network key, or (allowlist meshes) a
+    /// hash of `[network] name`.
+    pub fn network_id(&self) -> [u8; 32] {
+        match self.network.network_key {
+            Some(k) => *k.as_bytes(),
+            None => blake3::derive_key(
+                "shoal v1 network id",
+                self.network.name.as_deref().unwrap_or("shoal").as_bytes(),
+            ),
+        }
+    }
+
     /// The key file path, defaulting to `<state_dir>/node.key`.
     pub fn key_file(&self) -> PathBuf {
         self.node
@@ -472,6 +558,11 @@ impl Config {
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().expect("constant"),
             },
+            files: BTreeMap::new(),
+            replication: ReplicationSection {
+                anti_entropy_interval: Duration::from_secs(2),
+                ..ReplicationSection::default()
+            },
         }
     }
 }
@@ -496,7 +587,12 @@ fn locate(text: &str, section: &str, key: &str) -> Option<usize> {
             if in_section {
                 header_line = Some(i + 1);
             }
-        } else if in_section && t.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')) {
+        } else if in_section
+            && [key.to_string(), format!("\"{key}\"")].iter().any(|k| {
+                t.strip_prefix(k.as_str())
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            })
+        {
             return Some(i + 1);
         }
     }
@@ -590,6 +686,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.node.name.as_deref(), Some("web-1"));
+    }
+
+    #[test]
+    fn files_section() {
+        let c = parse(&format!("{ALLOW}[files]\n\"config:app\" = [\"Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\"]\n[replication]\nmax_file_size = \"10MiB\"\n")).unwrap();
+        assert_eq!(c.files["config:app"].len(), 1);
+        assert_eq!(c.replication.max_file_size.as_u64(), 10 * 1024 * 1024);
+        let err = parse(&format!(
+            "{ALLOW}[files]\n\"../etc\" = [\"Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("invalid file name"), "{err}");
+        let err = parse(&format!("{ALLOW}[files]\nempty = []\n")).unwrap_err().to_string();
+        assert!(err.contains("files.empty") && err.contains("no signer"), "{err}");
+        let a = parse(ALLOW).unwrap();
+        let b = parse(&format!("{ALLOW}name = \"other\"\n")).unwrap();
+        assert_ne!(a.network_id(), b.network_id());
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Health {
     pub cluster_addr: SocketAddr,
     /// Network key, when admission is by certificate.
     pub network: Option<PublicKey>,
+    /// Network id that signed items must carry (base64 of 32 bytes).
+    pub network_id: String,
     /// Whether this node is part of a cluster (knows at least one live peer that knows it).
     pub joined: bool,
     /// Members by state, this node included.
@@ -81,4 +83,35 @@ pub struct Member {
 pub struct ApiError {
     /// What went wrong.
     pub error: String,
+    /// Stable label of the reason, for rejected items (e.g. `stale_version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /api/files`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileList {
+    /// Every file this node holds a version of (deleted ones included, flagged).
+    pub files: Vec<FileInfo>,
+    /// Names configured in `[files]`.
+    pub configured: Vec<String>,
+}
+
+/// One file's current version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// File name.
+    pub name: String,
+    /// Version (hybrid logical clock).
+    pub version: u64,
+    /// When that version was signed, RFC 3339.
+    pub updated: String,
+    /// Who signed it.
+    pub signer: PublicKey,
+    /// Size in bytes (0 when deleted).
+    pub size: u64,
+    /// blake3 of the content, hex.
+    pub hash: String,
+    /// Whether the current version is a delete.
+    pub deleted: bool,
 }

@@ -2,19 +2,24 @@
 //! wait on the membership task.
 
 pub mod api;
+mod files;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use base64::Engine;
 
 use crate::identity::PublicKey;
 use crate::membership::{MembershipHandle, Snapshot};
+use crate::replication::ReplicationHandle;
+use crate::replication::item::{ItemKey, RecordKind};
+use crate::replication::records::NodeInfo;
 
 /// Facts about the local node that do not change while it runs.
 #[derive(Debug, Clone)]
@@ -40,19 +45,30 @@ pub struct ApiState {
     pub facts: Arc<NodeFacts>,
     /// Membership snapshots.
     pub membership: MembershipHandle,
+    /// Replicated state.
+    pub replication: ReplicationHandle,
 }
+
+/// Request bodies beyond the largest file get this much room for the envelope around it.
+const ENVELOPE_OVERHEAD: usize = 64 * 1024;
 
 /// The API router.
 pub fn router(state: ApiState) -> Router {
+    let max_upload = state.replication.policy().max_file_size as usize + ENVELOPE_OVERHEAD;
     Router::new()
         .route("/api/health", get(health))
         .route("/api/members", get(members))
+        .route("/api/files", get(files::list))
+        .route(
+            "/api/files/{name}",
+            get(files::get)
+                .put(files::put)
+                .delete(files::delete)
+                .layer(DefaultBodyLimit::max(max_upload)),
+        )
+        .route("/api/files/{name}/content", get(files::content))
         .fallback(not_found)
         .with_state(state)
-}
-
-fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 fn counts(snapshot: &Snapshot) -> api::MemberCounts {
@@ -76,6 +92,7 @@ async fn health(State(state): State<ApiState>) -> Json<api::Health> {
         started_at: humantime::format_rfc3339_seconds(f.started_at).to_string(),
         cluster_addr: f.cluster_addr,
         network: f.network,
+        network_id: base64::engine::general_purpose::STANDARD.encode(state.replication.policy().network_id),
         joined: snapshot.joined,
         members: counts(&snapshot),
     })
@@ -83,19 +100,16 @@ async fn health(State(state): State<ApiState>) -> Json<api::Health> {
 
 async fn members(State(state): State<ApiState>) -> Json<api::Members> {
     let snapshot = state.membership.snapshot();
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = crate::time::unix_ms();
     let members = snapshot
         .members
         .iter()
         .map(|m| api::Member {
-            name: m.name.clone(),
+            name: m.name.clone().or_else(|| node_name(&state.replication, &m.id.key)),
             key: m.id.key,
             addr: m.id.addr,
             state: m.state,
-            since: rfc3339_ms(m.since_ms),
+            since: crate::time::rfc3339_ms(m.since_ms),
             since_secs: now_ms.saturating_sub(m.since_ms) / 1000,
             incarnation: m.id.generation,
             renewals: m.id.bump,
@@ -106,11 +120,23 @@ async fn members(State(state): State<ApiState>) -> Json<api::Members> {
     Json(api::Members { members })
 }
 
+/// A node's name from its replicated node-info record.
+fn node_name(replication: &ReplicationHandle, node: &PublicKey) -> Option<String> {
+    let (_, content) = replication.get(&ItemKey::Node {
+        node: *node,
+        kind: RecordKind::NodeInfo,
+    })?;
+    crate::codec::decode_exact::<NodeInfo>(&content?, crate::replication::policy::MAX_RECORD_SIZE as usize)
+        .ok()
+        .map(|i| i.name)
+}
+
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         Json(api::ApiError {
             error: "no such endpoint".into(),
+            reason: None,
         }),
     )
         .into_response()

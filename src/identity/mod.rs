@@ -15,8 +15,5 @@ pub use keys::{KeyError, PublicKey, SecretKey};
 
 /// Seconds since the Unix epoch, the time base of certificates.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::time::unix_secs()
 }

@@ -9,12 +9,13 @@ use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{Foca, Identity, NoCustomBroadcast, OwnedNotification, Runtime, State, Timer};
+use foca::{Foca, Identity, OwnedNotification, Runtime, State, Timer};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+use super::broadcast::{BroadcastFilter, Handler};
 use super::id::{FocaCodec, NodeId};
 use super::timers::TimerQueue;
 use crate::identity::PublicKey;
@@ -132,7 +133,16 @@ impl Runtime<NodeId> for Effects {
     }
 }
 
-type SwimFoca = Foca<NodeId, FocaCodec, SmallRng, NoCustomBroadcast>;
+type SwimFoca = Foca<NodeId, FocaCodec, SmallRng, Handler>;
+
+/// A change other layers react to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// This node joined (or rejoined) a cluster.
+    Joined,
+    /// Another member became alive (new, back, or under a new identity).
+    Up(NodeId),
+}
 
 /// Membership state machine of one node.
 pub struct Core {
@@ -146,11 +156,20 @@ pub struct Core {
     joined: bool,
     leaving: bool,
     version: u64,
+    events: Vec<MemberEvent>,
 }
 
 impl Core {
-    /// A node with identity `id`; `seed` makes its random choices reproducible.
-    pub fn new(id: NodeId, name: String, config: &CoreConfig, seed: u64, now: Now) -> Core {
+    /// A node with identity `id`; `seed` makes its random choices reproducible; `filter`
+    /// judges custom broadcasts.
+    pub fn new(
+        id: NodeId,
+        name: String,
+        config: &CoreConfig,
+        seed: u64,
+        now: Now,
+        filter: Box<dyn BroadcastFilter>,
+    ) -> Core {
         let mut fc = foca::Config::new_lan(NonZeroU32::new(EXPECTED_CLUSTER_SIZE).expect("nonzero"));
         fc.probe_period = config.probe_period;
         fc.probe_rtt = config.probe_timeout;
@@ -171,7 +190,7 @@ impl Core {
             frequency: ANNOUNCE_DOWN_INTERVAL,
             num_members: NonZeroUsize::new(2).expect("nonzero"),
         });
-        let foca = Foca::new(id, fc, SmallRng::seed_from_u64(seed), FocaCodec);
+        let foca = Foca::with_custom_broadcast(id, fc, SmallRng::seed_from_u64(seed), FocaCodec, Handler(filter));
         Core {
             foca,
             fx: Effects {
@@ -186,6 +205,7 @@ impl Core {
             joined: false,
             leaving: false,
             version: 0,
+            events: Vec::new(),
         }
     }
 
@@ -216,9 +236,30 @@ impl Core {
         }
         self.learn_name(from, name);
         self.fx.now = now.mono;
-        let result = self.foca.handle_data(data, &mut self.fx);
+        let backlog = self.foca.custom_broadcast_backlog();
+        let mut result = self.foca.handle_data(data, &mut self.fx);
+        // News arrived: pass it on at once instead of waiting for the next gossip tick.
+        if result.is_ok() && self.foca.custom_broadcast_backlog() > backlog {
+            result = self.foca.broadcast(&mut self.fx);
+        }
         self.after(now);
         result.map_err(CoreError::from)
+    }
+
+    /// Starts disseminating one of our own items and sends it to a few members at once.
+    pub fn add_broadcast(&mut self, data: &[u8], now: Now) -> Result<(), CoreError> {
+        self.fx.now = now.mono;
+        let mut result = self.foca.add_broadcast(data).map(|_| ());
+        if result.is_ok() {
+            result = self.foca.broadcast(&mut self.fx);
+        }
+        self.after(now);
+        result.map_err(CoreError::from)
+    }
+
+    /// Events since the last call, drained.
+    pub fn take_events(&mut self) -> Vec<MemberEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// Runs every timer due at `now`, in order.
@@ -300,6 +341,7 @@ impl Core {
                 OwnedNotification::Active => {
                     if !self.joined {
                         info!("joined the cluster");
+                        self.events.push(MemberEvent::Joined);
                     }
                     self.joined = true;
                 }
@@ -315,6 +357,7 @@ impl Core {
                     }
                     self.joined = false;
                 }
+                OwnedNotification::MemberUp(id) => self.events.push(MemberEvent::Up(id)),
                 OwnedNotification::Rejoin(id) => {
                     warn!(identity = ?id, "declared down by the cluster; rejoining with a renewed identity");
                     self.local_since_ms = now.wall_ms;

@@ -6,6 +6,7 @@
 //! Received datagrams are always handled before due timers, so an ack that has already
 //! arrived is never mistaken for a timeout when the task falls behind.
 
+mod broadcast;
 pub mod core;
 mod id;
 mod join;
@@ -13,13 +14,14 @@ mod timers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-pub use self::core::{Core, CoreConfig, MemberState, MemberView, Now};
+pub use self::core::{Core, CoreConfig, MemberEvent, MemberState, MemberView, Now};
+pub use broadcast::{BroadcastFilter, BroadcastKey, NoBroadcasts};
 pub use id::{FocaCodec, NodeId};
 pub use join::{JoinConfig, run_join};
 
@@ -65,6 +67,7 @@ pub struct Stats {
 
 enum Command {
     Announce(NodeId),
+    Broadcast(bytes::Bytes),
     Leave(oneshot::Sender<()>),
 }
 
@@ -102,6 +105,11 @@ impl MembershipHandle {
         self.cmds.is_closed()
     }
 
+    /// Starts disseminating one of our own items (at most `MAX_SWIM_PACKET` bytes).
+    pub async fn broadcast(&self, item: bytes::Bytes) {
+        let _ = self.cmds.send(Command::Broadcast(item)).await;
+    }
+
     /// Leaves the cluster and stops the task; returns once the leave has been handed to the
     /// transport.
     pub async fn leave(&self) {
@@ -112,32 +120,29 @@ impl MembershipHandle {
     }
 }
 
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Starts the membership task. `inbox` carries the transport's datagrams.
+/// Starts the membership task. `inbox` carries the transport's datagrams, `filter` judges
+/// custom broadcasts, and member events go to `events` (dropped when it is full).
 pub fn spawn(
     identity: NodeId,
     name: String,
     config: &CoreConfig,
     transport: Transport,
     inbox: mpsc::Receiver<(Channel, Inbound)>,
+    filter: Box<dyn BroadcastFilter>,
+    events: Option<mpsc::Sender<MemberEvent>>,
 ) -> (MembershipHandle, tokio::task::JoinHandle<()>) {
     let start = Instant::now();
     let now = Now {
         mono: Duration::ZERO,
-        wall_ms: wall_ms(),
+        wall_ms: crate::time::unix_ms(),
     };
-    let core = Core::new(identity, name, config, rand::random(), now);
+    let core = Core::new(identity, name, config, rand::random(), now, filter);
     let snapshot = Arc::new(snapshot_of(&core));
     let (snap_tx, snap_rx) = watch::channel(snapshot);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
     let stats = Arc::new(Stats::default());
     let actor = Actor {
+        events,
         stats: stats.clone(),
         core,
         transport,
@@ -175,13 +180,14 @@ struct Actor {
     start: Instant,
     published: u64,
     stats: Arc<Stats>,
+    events: Option<mpsc::Sender<MemberEvent>>,
 }
 
 impl Actor {
     fn now(&self) -> Now {
         Now {
             mono: self.start.elapsed(),
-            wall_ms: wall_ms(),
+            wall_ms: crate::time::unix_ms(),
         }
     }
 
@@ -215,6 +221,12 @@ impl Actor {
                         let now = self.now();
                         if let Err(e) = self.core.announce(dst, now) {
                             debug!(error = %e, "announce");
+                        }
+                    }
+                    Some(Command::Broadcast(item)) => {
+                        let now = self.now();
+                        if let Err(e) = self.core.add_broadcast(&item, now) {
+                            debug!(error = %e, "broadcast");
                         }
                     }
                     Some(Command::Leave(done)) => {
@@ -256,6 +268,18 @@ impl Actor {
                 generation: to.generation,
             };
             self.transport.send(target, Channel::Swim, &data);
+        }
+        for event in self.core.take_events() {
+            if let MemberEvent::Up(id) = &event {
+                self.transport.warm(Target {
+                    key: id.key,
+                    addr: id.addr,
+                    generation: id.generation,
+                });
+            }
+            if let Some(tx) = &self.events {
+                let _ = tx.try_send(event);
+            }
         }
         if self.core.version() != self.published {
             self.published = self.core.version();

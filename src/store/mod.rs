@@ -1,9 +1,16 @@
 //! Persistent state in a sled database under `<state_dir>/db`.
 //!
-//! One `Store` per agent. Trees are added by the layers that need them; this module owns the
-//! database handle, its tuning, and small node metadata (the identity generation).
+//! Trees: `meta` (identity generation, clock), `items` (every item's signed meta and small
+//! content, by item key), `chunks` and `bodies` (content-addressed file bodies, see
+//! [`bodies`]). One `Store` per agent; the replication task is the only writer of `items`.
 
+mod bodies;
+
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use bodies::{BodyChunks, BodyError, BodyWriter, CHUNK_SIZE};
 
 /// sled page cache. sled defaults to 1 GiB; an agent's working set is small and idle RSS is
 /// a goal, so keep it modest.
@@ -11,8 +18,8 @@ pub const CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
 /// How often sled flushes dirty pages in the background.
 pub const FLUSH_EVERY_MS: u64 = 500;
 
-const META_TREE: &str = "meta";
 const GENERATION_KEY: &[u8] = b"generation";
+const CLOCK_KEY: &[u8] = b"clock";
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +45,10 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
+    items: sled::Tree,
+    chunks: sled::Tree,
+    bodies: sled::Tree,
+    active: bodies::ActiveWriters,
 }
 
 impl Store {
@@ -50,8 +61,24 @@ impl Store {
             .flush_every_ms(Some(FLUSH_EVERY_MS))
             .open()
             .map_err(|source| StoreError::Open { path, source })?;
-        let meta = db.open_tree(META_TREE)?;
-        Ok(Store { db, meta })
+        Ok(Store {
+            meta: db.open_tree("meta")?,
+            items: db.open_tree("items")?,
+            chunks: db.open_tree("chunks")?,
+            bodies: db.open_tree("bodies")?,
+            active: Arc::new(Mutex::new(HashSet::new())),
+            db,
+        })
+    }
+
+    fn get_u64(&self, key: &[u8], what: &'static str) -> Result<Option<u64>, StoreError> {
+        match self.meta.get(key)? {
+            None => Ok(None),
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt(what))?;
+                Ok(Some(u64::from_be_bytes(bytes)))
+            }
+        }
     }
 
     /// Picks this run's identity generation: above every generation used before from this
@@ -67,16 +94,45 @@ impl Store {
 
     /// The last persisted generation.
     pub fn generation(&self) -> Result<Option<u64>, StoreError> {
-        match self.meta.get(GENERATION_KEY)? {
-            None => Ok(None),
-            Some(v) => {
-                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt("generation"))?;
-                Ok(Some(u64::from_be_bytes(bytes)))
-            }
-        }
+        self.get_u64(GENERATION_KEY, "generation")
     }
 
-    /// Flushes everything to disk; called on shutdown.
+    /// The highest item version this node issued or saw, as last saved.
+    pub fn clock(&self) -> Result<u64, StoreError> {
+        Ok(self.get_u64(CLOCK_KEY, "clock")?.unwrap_or(0))
+    }
+
+    /// Saves the clock (written with the next background flush).
+    pub fn save_clock(&self, version: u64) -> Result<(), StoreError> {
+        self.meta.insert(CLOCK_KEY, &version.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Stores the encoded item for `key`.
+    pub fn put_item(&self, key: &[u8], encoded: &[u8]) -> Result<(), StoreError> {
+        self.items.insert(key, encoded)?;
+        Ok(())
+    }
+
+    /// The encoded item for `key`.
+    pub fn get_item(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.items.get(key)?)
+    }
+
+    /// Every stored item, in key order.
+    pub fn items(&self) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>> + '_ {
+        self.items.iter().map(|r| r.map_err(StoreError::from))
+    }
+
+    /// Stored items whose key starts with `prefix`, in key order.
+    pub fn items_with_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>> + '_ {
+        self.items.scan_prefix(prefix).map(|r| r.map_err(StoreError::from))
+    }
+
+    /// Flushes everything to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
@@ -105,5 +161,20 @@ mod tests {
         let _first = Store::open(dir.path()).unwrap();
         let err = Store::open(dir.path()).err().expect("lock held").to_string();
         assert!(err.contains("another shoal agent"), "{err}");
+    }
+
+    #[test]
+    fn items_and_clock_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.put_item(b"\x02\x01a", b"one").unwrap();
+            s.save_clock(77).unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.get_item(b"\x02\x01a").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(s.clock().unwrap(), 77);
+        assert_eq!(s.items_with_prefix(b"\x02").count(), 1);
     }
 }

@@ -9,10 +9,12 @@
 mod frame;
 pub mod tls;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,10 +41,18 @@ pub const MAX_PENDING_HANDSHAKES: usize = 256;
 pub const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
 /// Per-connection buffer for datagrams not yet sent.
 pub const DATAGRAM_SEND_BUFFER: usize = 64 * 1024;
+/// Streams a peer may have open on one connection at once.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// Incoming streams handled at once across all connections; beyond this they are refused.
+pub const MAX_INCOMING_STREAMS: usize = 256;
 /// On graceful close, how long to wait for queued datagrams (a leave announcement) to go out.
 pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
-/// On graceful close, how long to wait for peers to acknowledge the close.
-pub const CLOSE_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// On graceful close, how long to let the endpoint transmit its CONNECTION_CLOSE frames.
+/// (Waiting for peers to acknowledge would take three probe timeouts; nothing needs that.)
+pub const CLOSE_IDLE_TIMEOUT: Duration = Duration::from_millis(200);
+/// quinn reports a connection's datagram send buffer as this much short of its size even when
+/// nothing is queued (per-datagram bookkeeping); any queued datagram takes more.
+const DATAGRAM_BUFFER_SLACK: usize = 64;
 
 /// Errors of the transport.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +93,15 @@ pub enum TransportError {
     /// The address is this node itself.
     #[error("{0} is this node")]
     SelfConnection(SocketAddr),
+    /// Traffic to this peer is blocked by fault injection.
+    #[error("peer {0} is blocked by fault injection")]
+    Blocked(PublicKey),
+    /// No connection to the peer and no address to dial.
+    #[error("no connection to {0} and no address to dial")]
+    NoRoute(PublicKey),
+    /// Opening a stream failed.
+    #[error("opening a stream: {0}")]
+    Stream(#[from] quinn::ConnectionError),
     /// The peer's certificate was refused after the handshake.
     #[error("peer at {addr} refused: {refusal}")]
     Refused {
@@ -149,6 +168,15 @@ pub struct Stats {
     pub refusals: AtomicU64,
 }
 
+/// A boxed future returned by a [`StreamHandler`].
+pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves the bidirectional streams peers open.
+pub trait StreamHandler: Send + Sync + 'static {
+    /// Handles one stream from the admitted `peer`.
+    fn handle(&self, peer: PeerInfo, send: quinn::SendStream, recv: quinn::RecvStream) -> HandlerFuture;
+}
+
 struct PeerConn {
     conn: quinn::Connection,
     info: PeerInfo,
@@ -178,6 +206,9 @@ struct Inner {
     max_connections: usize,
     pool: Mutex<Pool>,
     dial_permits: Arc<Semaphore>,
+    stream_permits: Arc<Semaphore>,
+    stream_handler: OnceLock<Arc<dyn StreamHandler>>,
+    blocked: RwLock<HashSet<PublicKey>>,
     inbound: mpsc::Sender<(Channel, Inbound)>,
     stats: Arc<Stats>,
     cancel: CancellationToken,
@@ -214,7 +245,7 @@ impl Transport {
                 .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::MAX)),
         ))
         .keep_alive_interval(None)
-        .max_concurrent_bidi_streams(0u32.into())
+        .max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into())
         .max_concurrent_uni_streams(0u32.into())
         .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
         .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
@@ -254,6 +285,9 @@ impl Transport {
             max_connections: config.max_connections,
             pool: Mutex::new(Pool::default()),
             dial_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_DIALS)),
+            stream_permits: Arc::new(Semaphore::new(MAX_INCOMING_STREAMS)),
+            stream_handler: OnceLock::new(),
+            blocked: RwLock::new(HashSet::new()),
             inbound,
             stats,
             cancel: CancellationToken::new(),
@@ -298,11 +332,68 @@ impl Transport {
         self.inner.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Installs the handler for incoming streams (once; later calls are ignored). Streams that
+    /// arrive before it is installed are refused.
+    pub fn set_stream_handler(&self, handler: Arc<dyn StreamHandler>) {
+        let _ = self.inner.stream_handler.set(handler);
+    }
+
+    /// Fault injection: drops all traffic to and from `peers` (datagrams both ways, new
+    /// streams both ways, dials), replacing the previous set. Tests use it to partition a mesh.
+    pub fn set_blocked(&self, peers: HashSet<PublicKey>) {
+        *self.inner.blocked.write().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+
+    fn is_blocked(&self, peer: &PublicKey) -> bool {
+        self.inner
+            .blocked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peer)
+    }
+
+    /// Opens a bidirectional stream to `key`, over the cached connection or a new one dialled
+    /// at `target`'s address.
+    pub async fn open_bi(
+        &self,
+        key: PublicKey,
+        target: Option<Target>,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        if self.is_blocked(&key) {
+            return Err(TransportError::Blocked(key));
+        }
+        let cached = {
+            let pool = self.lock();
+            pool.conns.get(&key).and_then(|pc| {
+                let stale =
+                    pc.conn.close_reason().is_some() || target.is_some_and(|t| pc.info.generation < t.generation);
+                (!stale).then(|| pc.conn.clone())
+            })
+        };
+        let conn = match (cached, target) {
+            (Some(c), _) => c,
+            (None, Some(t)) => {
+                self.connect(t.addr, Some(key)).await?;
+                self.lock()
+                    .conns
+                    .get(&key)
+                    .map(|pc| pc.conn.clone())
+                    .ok_or(TransportError::NoRoute(key))?
+            }
+            (None, None) => return Err(TransportError::NoRoute(key)),
+        };
+        Ok(conn.open_bi().await?)
+    }
+
     /// Sends a datagram on `channel` to `to` without waiting. Dials in the background when
     /// there is no usable connection; drops (and counts) the datagram when that is not possible.
     pub fn send(&self, to: Target, channel: Channel, payload: &[u8]) {
-        let frame = frame::encode(channel, payload);
         let stats = &self.inner.stats;
+        if self.is_blocked(&to.key) {
+            stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let frame = frame::encode(channel, payload);
         let mut pool = self.lock();
         if let Some(pc) = pool.conns.get(&to.key) {
             let stale = pc.info.generation < to.generation || pc.conn.close_reason().is_some();
@@ -333,11 +424,34 @@ impl Transport {
             }
             return;
         }
-        let Ok(permit) = self.inner.dial_permits.clone().try_acquire_owned() else {
+        if !self.start_dial(pool, to, Some(frame)) {
             stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Opens a connection to `to` in the background unless one is cached or being dialled,
+    /// so that the first datagram for a new member does not wait for a handshake.
+    pub fn warm(&self, to: Target) {
+        if self.is_blocked(&to.key) {
             return;
+        }
+        let pool = self.lock();
+        let usable = pool
+            .conns
+            .get(&to.key)
+            .is_some_and(|pc| pc.info.generation >= to.generation && pc.conn.close_reason().is_none());
+        if !usable && !pool.dialing.contains_key(&to.key) {
+            self.start_dial(pool, to, None);
+        }
+    }
+
+    /// Starts a background dial to `to`, holding `first` for it; false when no dial slot is
+    /// free. Takes the pool lock guard so the check and the insert are one step.
+    fn start_dial(&self, mut pool: std::sync::MutexGuard<'_, Pool>, to: Target, first: Option<Bytes>) -> bool {
+        let Ok(permit) = self.inner.dial_permits.clone().try_acquire_owned() else {
+            return false;
         };
-        pool.dialing.insert(to.key, vec![frame]);
+        pool.dialing.insert(to.key, first.into_iter().collect());
         drop(pool);
         let this = self.clone();
         tokio::spawn(async move {
@@ -363,6 +477,7 @@ impl Transport {
                 }
             }
         });
+        true
     }
 
     /// Connects to `addr` and returns the admitted peer. With `expected`, any other key is
@@ -376,6 +491,11 @@ impl Transport {
     }
 
     async fn dial(&self, addr: SocketAddr, expected: Option<PublicKey>) -> Result<PeerInfo, TransportError> {
+        if let Some(key) = expected
+            && self.is_blocked(&key)
+        {
+            return Err(TransportError::Blocked(key));
+        }
         if addr == self.inner.local_addr {
             return Err(TransportError::SelfConnection(addr));
         }
@@ -457,7 +577,21 @@ impl Transport {
                         break;
                     }
                 },
+                s = conn.accept_bi() => match s {
+                    Ok((send, recv)) => {
+                        self.on_stream(&info, send, recv);
+                        continue;
+                    }
+                    Err(e) => {
+                        debug!(peer = %info.key.short(), reason = %e, "connection closed");
+                        break;
+                    }
+                },
             };
+            if self.is_blocked(&info.key) {
+                stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
             stats
                 .datagram_bytes_received
@@ -487,6 +621,25 @@ impl Transport {
         pool.live.remove(&conn.stable_id());
         pool.closed_udp.0 += stats.udp_tx.bytes;
         pool.closed_udp.1 += stats.udp_rx.bytes;
+    }
+
+    fn on_stream(&self, peer: &PeerInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let handler = self.inner.stream_handler.get().cloned();
+        let permit = self.inner.stream_permits.clone().try_acquire_owned().ok();
+        match (handler, permit) {
+            (Some(handler), Some(permit)) if !self.is_blocked(&peer.key) => {
+                let fut = handler.handle(peer.clone(), send, recv);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    fut.await;
+                });
+            }
+            _ => {
+                // Busy, blocked or not ready: refuse; the peer sees the stream reset.
+                let _ = send.reset(1u32.into());
+                let _ = recv.stop(1u32.into());
+            }
+        }
     }
 
     async fn accept_loop(self) {
@@ -527,10 +680,10 @@ impl Transport {
     pub async fn close(&self) {
         let conns: Vec<quinn::Connection> = self.lock().conns.values().map(|p| p.conn.clone()).collect();
         let flushed = async {
-            while conns
-                .iter()
-                .any(|c| c.close_reason().is_none() && c.datagram_send_buffer_space() < DATAGRAM_SEND_BUFFER)
-            {
+            while conns.iter().any(|c| {
+                c.close_reason().is_none()
+                    && c.datagram_send_buffer_space() + DATAGRAM_BUFFER_SLACK < DATAGRAM_SEND_BUFFER
+            }) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };

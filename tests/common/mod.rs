@@ -39,9 +39,14 @@ pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() ->
     wait_until(timeout, what, || std::future::ready(cond())).await
 }
 
-/// A network key that signs node certificates.
+/// File names every test node accepts, signed by [`TestNetwork::signer`] (and `alt_signer`).
+pub const FILES: [&str; 4] = ["app.conf", "shared", "big.bin", "other"];
+
+/// A network key that signs node certificates, and the keys allowed to sign files.
 pub struct TestNetwork {
     pub key: SecretKey,
+    pub signer: SecretKey,
+    pub alt_signer: SecretKey,
     pub dir: tempfile::TempDir,
 }
 
@@ -49,8 +54,15 @@ impl TestNetwork {
     pub fn new() -> Self {
         TestNetwork {
             key: SecretKey::generate(),
+            signer: SecretKey::generate(),
+            alt_signer: SecretKey::generate(),
             dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// The network id items are signed for.
+    pub fn network_id(&self) -> [u8; 32] {
+        *self.key.public().as_bytes()
     }
 
     /// State directory for node `name`.
@@ -74,6 +86,10 @@ impl TestNetwork {
         let mut config = Config::for_test(&state);
         config.network.network_key = Some(self.key.public());
         config.network.certificate = Some(cert.to_base64());
+        config.files = FILES
+            .iter()
+            .map(|f| (f.to_string(), vec![self.signer.public(), self.alt_signer.public()]))
+            .collect();
         config
     }
 
@@ -300,4 +316,139 @@ listen = "127.0.0.1:{http_port}"
         state = state_dir.display(),
         seeds = seeds.join(", "),
     )
+}
+
+/// A signed file item for `name` with `body`, at `version`.
+pub fn signed_file(
+    network: [u8; 32],
+    name: &str,
+    body: &[u8],
+    signer: &SecretKey,
+    version: u64,
+) -> shoal::replication::item::SignedItem {
+    use shoal::replication::item::{ItemKey, ItemMeta, SignedItem};
+    SignedItem::sign(
+        ItemMeta {
+            network,
+            key: ItemKey::File { name: name.to_string() },
+            version,
+            signer: signer.public(),
+            hash: *blake3::hash(body).as_bytes(),
+            size: body.len() as u64,
+            deleted: false,
+        },
+        signer,
+    )
+}
+
+/// A signed delete of `name` at `version`.
+pub fn signed_delete(
+    network: [u8; 32],
+    name: &str,
+    signer: &SecretKey,
+    version: u64,
+) -> shoal::replication::item::SignedItem {
+    use shoal::replication::item::{ItemKey, ItemMeta, SignedItem, empty_hash};
+    SignedItem::sign(
+        ItemMeta {
+            network,
+            key: ItemKey::File { name: name.to_string() },
+            version,
+            signer: signer.public(),
+            hash: empty_hash(),
+            size: 0,
+            deleted: true,
+        },
+        signer,
+    )
+}
+
+/// Sends an envelope to an agent; returns (status, JSON body).
+pub async fn send_envelope(
+    http: SocketAddr,
+    method: reqwest::Method,
+    name: &str,
+    envelope: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .request(method, format!("http://{http}/api/files/{name}"))
+        .header("content-type", shoal::files::envelope::CONTENT_TYPE)
+        .body(envelope)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("agent reachable");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Uploads `body` as `name` through `http`, signed by `signer`, at the next version.
+pub async fn upload(
+    http: SocketAddr,
+    net: &TestNetwork,
+    name: &str,
+    body: &[u8],
+    signer: &SecretKey,
+) -> (u16, serde_json::Value) {
+    let current = get_json::<api::FileInfo>(http, &format!("/api/files/{name}"))
+        .await
+        .map(|f| f.version)
+        .unwrap_or(0);
+    let version = shoal::replication::hlc::next(shoal::time::unix_ms(), current);
+    let item = signed_file(net.network_id(), name, body, signer, version);
+    send_envelope(
+        http,
+        reqwest::Method::PUT,
+        name,
+        shoal::files::envelope::encode(&item, body),
+    )
+    .await
+}
+
+/// Deletes `name` through `http`.
+pub async fn delete(http: SocketAddr, net: &TestNetwork, name: &str, signer: &SecretKey) -> (u16, serde_json::Value) {
+    let current = get_json::<api::FileInfo>(http, &format!("/api/files/{name}"))
+        .await
+        .map(|f| f.version)
+        .unwrap_or(0);
+    let version = shoal::replication::hlc::next(shoal::time::unix_ms(), current);
+    let item = signed_delete(net.network_id(), name, signer, version);
+    send_envelope(
+        http,
+        reqwest::Method::DELETE,
+        name,
+        shoal::files::envelope::encode(&item, &[]),
+    )
+    .await
+}
+
+/// The content of `name` as served by the agent at `http`, if it has one.
+pub async fn content(http: SocketAddr, name: &str) -> Option<Vec<u8>> {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{http}/api/files/{name}/content"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.bytes().await.ok().map(|b| b.to_vec())
+}
+
+/// Starts `n` agents joined through the first; waits until all see all.
+pub async fn cluster(net: &TestNetwork, n: usize) -> Vec<AgentHandle> {
+    let seed = start(net.config("n0")).await;
+    let mut agents = vec![];
+    for i in 1..n {
+        let mut c = net.config(&format!("n{i}"));
+        bootstrap(&mut c, &[seed.cluster_addr]);
+        agents.push(start(c).await);
+    }
+    agents.insert(0, seed);
+    eventually(Duration::from_secs(20), "cluster formed", || {
+        agents.iter().all(|a| alive_count(a) == n)
+    })
+    .await;
+    agents
 }

@@ -1,0 +1,175 @@
+//! Writes the current version of each file under `<state_dir>/files/<name>`: a temporary file
+//! in the same directory, fsync, rename over the old one, fsync the directory. A crash leaves
+//! either the old or the new file, never a torn one.
+//!
+//! One worker thread does the (blocking) writes in order, so the replication task never waits
+//! on the disk. Jobs for the same name coalesce: only the newest is written.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use tracing::{debug, warn};
+
+use crate::store::Store;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Job {
+    Write { hash: [u8; 32], size: u64 },
+    Remove,
+}
+
+#[derive(Default)]
+struct Queue {
+    order: VecDeque<String>,
+    jobs: HashMap<String, Job>,
+    idle: bool,
+    stop: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// Handle to the materializing worker. Dropping it stops the worker after the current job.
+pub struct Materializer {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+}
+
+impl Materializer {
+    /// Starts the worker for `dir`, creating it and removing temporary files a crash left.
+    pub fn start(dir: &Path, store: Store) -> std::io::Result<Materializer> {
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(".shoal-tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                idle: true,
+                ..Queue::default()
+            }),
+            wake: Condvar::new(),
+        });
+        let worker = shared.clone();
+        let worker_dir = dir.to_path_buf();
+        std::thread::Builder::new()
+            .name("shoal-files".into())
+            .spawn(move || run(&worker, &worker_dir, &store))?;
+        Ok(Materializer {
+            shared,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory files are written to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `name` with the body `hash` (which must be stored complete).
+    pub fn write(&self, name: &str, hash: [u8; 32], size: u64) {
+        self.push(name, Job::Write { hash, size });
+    }
+
+    /// Removes `name`.
+    pub fn remove(&self, name: &str) {
+        self.push(name, Job::Remove);
+    }
+
+    fn push(&self, name: &str, job: Job) {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.jobs.insert(name.to_string(), job).is_none() {
+            q.order.push_back(name.to_string());
+        }
+        q.idle = false;
+        self.shared.wake.notify_all();
+    }
+
+    /// Blocks until every queued job is done (tests and shutdown).
+    pub fn wait_idle(&self) {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        while !q.idle {
+            q = self.shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for Materializer {
+    fn drop(&mut self) {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.stop = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+fn run(shared: &Shared, dir: &Path, store: &Store) {
+    loop {
+        let (name, job) = {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if q.stop {
+                    return;
+                }
+                if let Some(name) = q.order.pop_front() {
+                    let job = q.jobs.remove(&name).expect("queued names have jobs");
+                    break (name, job);
+                }
+                q.idle = true;
+                shared.wake.notify_all();
+                q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let result = match &job {
+            Job::Write { hash, size } => write_file(dir, &name, store, hash, *size),
+            Job::Remove => remove_file(dir, &name),
+        };
+        match result {
+            Ok(()) => debug!(file = %name, ?job, "materialized"),
+            Err(e) => warn!(file = %name, error = %e, "could not write file to disk"),
+        }
+    }
+}
+
+fn write_file(dir: &Path, name: &str, store: &Store, hash: &[u8; 32], size: u64) -> std::io::Result<()> {
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".shoal-tmp-{}", rand::random::<u64>()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        let mut written = 0u64;
+        for chunk in store.body_chunks(hash) {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            file.write_all(&chunk)?;
+            written += chunk.len() as u64;
+        }
+        if written != size {
+            return Err(std::io::Error::other(format!(
+                "body has {written} bytes, expected {size}"
+            )));
+        }
+        file.sync_all()?;
+        std::fs::rename(&tmp, &target)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn remove_file(dir: &Path, name: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(name)) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

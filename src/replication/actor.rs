@@ -1,0 +1,552 @@
+//! The replication task: the only writer of items and of the index.
+//!
+//! It receives verified items (from the broadcast filter, anti-entropy sessions, uploads),
+//! keeps the winner of each key, fetches missing bodies from the peers that announced them
+//! (falling back to other holders), commits, asks membership to announce what it committed,
+//! and schedules anti-entropy: periodically, when this node joins, and when a member comes up.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::seq::IndexedRandom;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::filter::ItemFilter;
+use super::index::Entry;
+use super::item::{FAMILY_FILE, ItemKey, ItemMeta, RecordKind, SignedItem, WireItem};
+use super::policy::{Reject, Verified};
+use super::sync::Syncer;
+use super::{Command, Committed, MAX_BROADCAST_ITEM, Origin, ReplicationConfig, ReplicationHandle, Shared, hlc};
+use crate::files::Materializer;
+use crate::identity::{PublicKey, SecretKey};
+use crate::membership::{BroadcastFilter, MemberEvent, MemberState, MembershipHandle};
+use crate::transport::{Target, Transport};
+
+/// Body fetches in flight at once.
+pub const MAX_CONCURRENT_FETCHES: usize = 16;
+/// Items waiting for a body at once; beyond this new ones are dropped (anti-entropy repairs).
+pub const MAX_PENDING_ITEMS: usize = 4096;
+/// Anti-entropy sessions this node runs at once as initiator.
+pub const MAX_SYNC_SESSIONS: usize = 2;
+/// Least time between anti-entropy sessions triggered by membership changes.
+pub const TRIGGERED_SYNC_SPACING: Duration = Duration::from_millis(500);
+
+/// The receiving half created by [`super::channel`].
+pub struct ActorParts {
+    pub(crate) rx: mpsc::Receiver<Command>,
+    pub(crate) tx: mpsc::Sender<Command>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ReplicationHandle {
+    /// The filter membership uses to judge item broadcasts.
+    pub fn broadcast_filter(&self) -> Box<dyn BroadcastFilter> {
+        Box::new(ItemFilter::new(self.shared.clone(), self.cmds.clone()))
+    }
+}
+
+struct Pending {
+    item: Verified,
+    holders: VecDeque<PublicKey>,
+    tried: HashSet<PublicKey>,
+    announce: bool,
+}
+
+struct Actor {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Command>,
+    tx: mpsc::Sender<Command>,
+    events: mpsc::Receiver<MemberEvent>,
+    membership: MembershipHandle,
+    syncer: Syncer,
+    materializer: Materializer,
+    secret: SecretKey,
+    hlc: hlc::Hlc,
+    pending: HashMap<Vec<u8>, Pending>,
+    fetching: HashSet<[u8; 32]>,
+    queue: VecDeque<Vec<u8>>,
+    syncs_running: usize,
+    last_triggered_sync: Option<Instant>,
+    interval: Duration,
+}
+
+/// Loads the index from the store and starts the replication task. Installs the stream
+/// handler on `transport`.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    parts: ActorParts,
+    config: &ReplicationConfig,
+    membership: MembershipHandle,
+    events: mpsc::Receiver<MemberEvent>,
+    transport: Transport,
+    materializer: Materializer,
+    secret: SecretKey,
+) -> Result<tokio::task::JoinHandle<()>, crate::store::StoreError> {
+    let ActorParts { rx, tx, shared } = parts;
+    let mut floor = shared.store.clock()?;
+    {
+        let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
+        for entry in shared.store.items() {
+            let (key, raw) = entry?;
+            match super::decode_stored(&raw) {
+                Some((item, _)) => {
+                    floor = floor.max(item.meta.version);
+                    index.insert(
+                        key.to_vec(),
+                        Entry {
+                            rank: item.meta.rank(),
+                            digest: item.digest(),
+                        },
+                    );
+                }
+                None => warn!(key = ?key, "skipping an unreadable stored item"),
+            }
+        }
+        info!(items = index.len(), "replicated state loaded");
+    }
+    let syncer = Syncer {
+        shared: shared.clone(),
+        tx: tx.clone(),
+        transport: transport.clone(),
+    };
+    transport.set_stream_handler(Arc::new(syncer.clone()));
+    let actor = Actor {
+        shared,
+        rx,
+        tx,
+        events,
+        membership,
+        syncer,
+        materializer,
+        secret,
+        hlc: hlc::Hlc::new(floor),
+        pending: HashMap::new(),
+        fetching: HashSet::new(),
+        queue: VecDeque::new(),
+        syncs_running: 0,
+        last_triggered_sync: None,
+        interval: config.anti_entropy_interval,
+    };
+    actor.restore_files();
+    Ok(tokio::spawn(actor.run()))
+}
+
+impl Actor {
+    async fn run(mut self) {
+        // Start the period at a random phase so nodes started together do not sync in step.
+        let phase = self.interval.mul_f64(rand::random::<f64>());
+        let mut tick = tokio::time::interval_at(Instant::now() + phase, self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => return,
+                },
+                ev = self.events.recv() => match ev {
+                    Some(MemberEvent::Joined) => self.sync_with(None, true),
+                    Some(MemberEvent::Up(id)) => self.sync_with(Some(id.key), true),
+                    None => return,
+                },
+                _ = tick.tick() => self.sync_with(None, false),
+            }
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Offer { item, holder, origin } => {
+                // Older versions are expected during anti-entropy; only count them from broadcasts.
+                if let Err(reason) = self.offer(item, holder, origin == Origin::Broadcast).await
+                    && (reason != Reject::Stale || origin == Origin::Broadcast)
+                {
+                    self.shared.stats.reject(reason);
+                }
+            }
+            Command::Upload { item, reply } => {
+                let result = self.upload(item).await;
+                let _ = reply.send(result);
+            }
+            Command::Publish { kind, content } => self.publish(kind, content).await,
+            Command::FetchDone { hash, holder, ok } => self.fetch_done(hash, holder, ok).await,
+            Command::SyncDone => self.syncs_running = self.syncs_running.saturating_sub(1),
+        }
+    }
+
+    /// Accepts a verified item if it beats what is stored; commits it now or after fetching
+    /// its body.
+    async fn offer(&mut self, item: Verified, holder: Option<PublicKey>, announce: bool) -> Result<(), Reject> {
+        let key = item.item.meta.key.to_bytes();
+        let rank = item.item.meta.rank();
+        if self.shared.index().get(&key).is_some_and(|e| e.rank >= rank) {
+            return Err(Reject::Stale);
+        }
+        if let Some(p) = self.pending.get_mut(&key) {
+            let pending_rank = p.item.item.meta.rank();
+            if pending_rank > rank {
+                return Err(Reject::Stale);
+            }
+            if pending_rank == rank {
+                if let Some(h) = holder.filter(|h| !p.tried.contains(h) && !p.holders.contains(h)) {
+                    p.holders.push_back(h);
+                }
+                return Ok(());
+            }
+        }
+        self.hlc.observe(item.item.meta.version);
+        if self.body_ready(&item) {
+            self.commit(item, announce).await;
+            return Ok(());
+        }
+        if self.pending.len() >= MAX_PENDING_ITEMS && !self.pending.contains_key(&key) {
+            self.shared.stats.items_dropped_busy.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.pending.insert(
+            key.clone(),
+            Pending {
+                item,
+                holders: holder.into_iter().collect(),
+                tried: HashSet::new(),
+                announce,
+            },
+        );
+        self.queue.push_back(key);
+        self.pump();
+        Ok(())
+    }
+
+    /// Whether `item` can be committed without fetching anything; writes inline file content.
+    fn body_ready(&self, v: &Verified) -> bool {
+        let meta = &v.item.meta;
+        if meta.deleted || matches!(meta.key, ItemKey::Node { .. }) {
+            return true;
+        }
+        if self.shared.store.body_size(&meta.hash).ok().flatten() == Some(meta.size) {
+            return true;
+        }
+        if let Some(content) = &v.content
+            && let Ok(mut w) = self.shared.store.body_writer(meta.hash, meta.size)
+        {
+            return w.write(content).is_ok() && w.finish().is_ok();
+        }
+        false
+    }
+
+    async fn upload(&mut self, item: Verified) -> Result<Committed, Reject> {
+        let key = item.item.meta.key.to_bytes();
+        let version = item.item.meta.version;
+        let hash = item.item.meta.hash;
+        let newer_pending = self
+            .pending
+            .get(&key)
+            .is_some_and(|p| p.item.item.meta.rank() >= item.item.meta.rank());
+        let stale = newer_pending
+            || self
+                .shared
+                .index()
+                .get(&key)
+                .is_some_and(|e| e.rank >= item.item.meta.rank());
+        if stale || !self.body_ready(&item) {
+            self.collect_body(hash);
+            self.shared.stats.reject(Reject::Stale);
+            return Err(if stale { Reject::Stale } else { Reject::HashMismatch });
+        }
+        self.hlc.observe(version);
+        self.commit(item, true).await;
+        self.shared.stats.items_uploaded.fetch_add(1, Ordering::Relaxed);
+        let _ = self.shared.store.flush();
+        Ok(Committed { version })
+    }
+
+    async fn publish(&mut self, kind: RecordKind, content: Vec<u8>) {
+        let node = self.secret.public();
+        let key = ItemKey::Node { node, kind };
+        let hash = *blake3::hash(&content).as_bytes();
+        if let Some((current, _)) = self
+            .shared
+            .store
+            .get_item(&key.to_bytes())
+            .ok()
+            .flatten()
+            .and_then(|raw| super::decode_stored(&raw))
+            && current.meta.hash == hash
+        {
+            return;
+        }
+        let meta = ItemMeta {
+            network: self.shared.policy.network_id,
+            key,
+            version: self.hlc.issue(crate::time::unix_ms()),
+            signer: node,
+            hash,
+            size: content.len() as u64,
+            deleted: false,
+        };
+        let item = Verified {
+            item: SignedItem::sign(meta, &self.secret),
+            content: Some(content),
+        };
+        self.commit(item, true).await;
+        self.shared.stats.items_local.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stores the new winner, updates the index and the files on disk, and announces it.
+    async fn commit(&mut self, v: Verified, announce: bool) {
+        let meta = &v.item.meta;
+        let key = meta.key.to_bytes();
+        let is_record = matches!(meta.key, ItemKey::Node { .. });
+        let stored = WireItem::new(&v.item, if is_record { v.content.clone() } else { None });
+        let encoded = match crate::codec::encode(&stored) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot encode item");
+                return;
+            }
+        };
+        if let Err(e) = self.shared.store.put_item(&key, &encoded) {
+            warn!(item = %meta.key, error = %e, "cannot store item");
+            return;
+        }
+        let old = self.shared.index.write().unwrap_or_else(|e| e.into_inner()).insert(
+            key.clone(),
+            Entry {
+                rank: meta.rank(),
+                digest: v.item.digest(),
+            },
+        );
+        let _ = self.shared.store.save_clock(self.hlc.last());
+        self.shared.stats.items_committed.fetch_add(1, Ordering::Relaxed);
+        debug!(item = %meta.key, version = meta.version, "committed");
+        if let ItemKey::File { name } = &meta.key {
+            if meta.deleted {
+                self.materializer.remove(name);
+            } else {
+                self.materializer.write(name, meta.hash, meta.size);
+            }
+            if let Some(old) = old
+                && old.rank.hash != meta.hash
+            {
+                self.collect_body(old.rank.hash);
+            }
+        }
+        if announce {
+            let data = self.broadcast_bytes(&v);
+            self.membership.broadcast(data.into()).await;
+        }
+    }
+
+    /// The broadcast form of an item: with its content when that fits in a SWIM packet.
+    fn broadcast_bytes(&self, v: &Verified) -> Vec<u8> {
+        let meta = &v.item.meta;
+        let content = match (&v.content, meta.deleted) {
+            (_, true) => None,
+            (Some(c), false) => Some(c.clone()),
+            (None, false) if (meta.size as usize) < MAX_BROADCAST_ITEM => Some(
+                self.shared
+                    .store
+                    .body_chunks(&meta.hash)
+                    .filter_map(Result::ok)
+                    .flat_map(|c| c.to_vec())
+                    .collect(),
+            ),
+            (None, false) => None,
+        };
+        let with_content = crate::codec::encode(&WireItem::new(&v.item, content)).unwrap_or_default();
+        if with_content.len() <= MAX_BROADCAST_ITEM {
+            with_content
+        } else {
+            crate::codec::encode(&WireItem::new(&v.item, None)).unwrap_or_default()
+        }
+    }
+
+    /// Deletes a body no current file and no pending item refers to.
+    fn collect_body(&self, hash: [u8; 32]) {
+        let referenced = {
+            let index = self.shared.index();
+            let files = super::index::KeyRange {
+                lower: vec![FAMILY_FILE],
+                upper: Some(vec![FAMILY_FILE + 1]),
+            };
+            index
+                .keys(&files)
+                .iter()
+                .any(|(k, _)| index.get(k).is_some_and(|e| e.rank.hash == hash && !e.rank.deleted))
+        } || self.pending.values().any(|p| p.item.item.meta.hash == hash)
+            || self.fetching.contains(&hash);
+        if !referenced && let Err(e) = self.shared.store.remove_body(&hash) {
+            debug!(error = %e, "removing an unused body");
+        }
+    }
+
+    /// Starts fetches while there are free slots.
+    fn pump(&mut self) {
+        let mut deferred = Vec::new();
+        while self.fetching.len() < MAX_CONCURRENT_FETCHES {
+            let Some(key) = self.queue.pop_front() else { break };
+            let Some(p) = self.pending.get_mut(&key) else { continue };
+            let (hash, size) = (p.item.item.meta.hash, p.item.item.meta.size);
+            if self.fetching.contains(&hash) {
+                // The same body is on its way for another key.
+                deferred.push(key);
+                continue;
+            }
+            let Some(holder) = p.holders.pop_front() else {
+                info!(item = %p.item.item.meta.key, "no peer could provide the body; anti-entropy will retry");
+                self.pending.remove(&key);
+                continue;
+            };
+            p.tried.insert(holder);
+            self.fetching.insert(hash);
+            let target = self.target_of(&holder);
+            let syncer = self.syncer.clone();
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let result = syncer.fetch_body(holder, target, hash, size).await;
+                if let Err(e) = &result {
+                    debug!(peer = %holder.short(), error = %e, "body fetch failed");
+                }
+                let _ = tx
+                    .send(Command::FetchDone {
+                        hash,
+                        holder,
+                        ok: result.is_ok(),
+                    })
+                    .await;
+            });
+        }
+        self.queue.extend(deferred);
+    }
+
+    async fn fetch_done(&mut self, hash: [u8; 32], holder: PublicKey, ok: bool) {
+        self.fetching.remove(&hash);
+        let keys: Vec<Vec<u8>> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.item.item.meta.hash == hash)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if ok {
+            self.shared.stats.bodies_fetched.fetch_add(1, Ordering::Relaxed);
+            for key in keys {
+                if let Some(p) = self.pending.remove(&key) {
+                    let newest = self
+                        .shared
+                        .index()
+                        .get(&key)
+                        .is_none_or(|e| e.rank < p.item.item.meta.rank());
+                    if newest {
+                        self.commit(p.item, p.announce).await;
+                    }
+                }
+            }
+        } else {
+            self.shared.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+            debug!(peer = %holder.short(), "retrying the body with another holder");
+            for key in keys {
+                self.queue.push_front(key);
+            }
+        }
+        self.pump();
+    }
+
+    /// Where to dial a member, from the membership view.
+    fn target_of(&self, key: &PublicKey) -> Option<Target> {
+        self.membership
+            .snapshot()
+            .members
+            .iter()
+            .find(|m| m.id.key == *key && !m.local)
+            .map(|m| Target {
+                key: m.id.key,
+                addr: m.id.addr,
+                generation: m.id.generation,
+            })
+    }
+
+    /// Starts an anti-entropy session with `peer` (or a random alive member). Triggered
+    /// sessions are spaced; periodic ones are not.
+    fn sync_with(&mut self, peer: Option<PublicKey>, triggered: bool) {
+        if self.syncs_running >= MAX_SYNC_SESSIONS {
+            return;
+        }
+        if triggered {
+            let now = Instant::now();
+            if self
+                .last_triggered_sync
+                .is_some_and(|t| now - t < TRIGGERED_SYNC_SPACING)
+            {
+                return;
+            }
+            self.last_triggered_sync = Some(now);
+        }
+        let snapshot = self.membership.snapshot();
+        let alive: Vec<_> = snapshot
+            .members
+            .iter()
+            .filter(|m| !m.local && m.state == MemberState::Alive)
+            .collect();
+        let chosen = match peer {
+            Some(k) => alive.iter().find(|m| m.id.key == k).copied(),
+            None => alive.choose(&mut rand::rng()).copied(),
+        };
+        let Some(member) = chosen else { return };
+        let (key, target) = (
+            member.id.key,
+            Target {
+                key: member.id.key,
+                addr: member.id.addr,
+                generation: member.id.generation,
+            },
+        );
+        self.syncs_running += 1;
+        self.shared.stats.syncs_started.fetch_add(1, Ordering::Relaxed);
+        let syncer = self.syncer.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            match syncer.reconcile(key, Some(target)).await {
+                Ok(report) => {
+                    if report.in_sync {
+                        syncer.shared.stats.syncs_in_sync.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if report.received + report.sent > 0 {
+                        debug!(peer = %key.short(), received = report.received, sent = report.sent, "anti-entropy repaired differences");
+                    }
+                }
+                Err(e) => debug!(peer = %key.short(), error = %e, "anti-entropy failed"),
+            }
+            let _ = tx.send(Command::SyncDone).await;
+        });
+    }
+
+    /// At start, makes the files directory match the stored files (a crash may have left a
+    /// file missing or stale).
+    fn restore_files(&self) {
+        for item in self
+            .shared
+            .store
+            .items_with_prefix(&[FAMILY_FILE])
+            .filter_map(Result::ok)
+        {
+            let Some((item, _)) = super::decode_stored(&item.1) else {
+                continue;
+            };
+            let ItemKey::File { name } = &item.meta.key else {
+                continue;
+            };
+            let path = self.materializer.dir().join(name);
+            let on_disk = std::fs::metadata(&path).ok().map(|m| m.len());
+            if item.meta.deleted {
+                if on_disk.is_some() {
+                    self.materializer.remove(name);
+                }
+            } else if on_disk != Some(item.meta.size) {
+                self.materializer.write(name, item.meta.hash, item.meta.size);
+            }
+        }
+    }
+}

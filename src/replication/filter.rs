@@ -1,0 +1,121 @@
+//! Judges items arriving in SWIM broadcasts. Runs inside the membership task, so it is quick
+//! and never fails: it verifies the item, drops what is stale or already seen, hands news to
+//! the replication task (without waiting: a full channel drops the item, anti-entropy
+//! repairs it) and tells foca whether to keep disseminating it.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::item::WireItem;
+use super::policy::Reject;
+use super::{Command, MAX_BROADCAST_ITEM, Origin, Shared};
+use crate::codec;
+use crate::membership::{BroadcastFilter, BroadcastKey, NodeId};
+
+/// Digests of recently handled broadcasts remembered, so duplicates that arrive before the
+/// replication task has committed the first copy are not passed on again.
+const SEEN_CAPACITY: usize = 4096;
+
+pub(crate) struct ItemFilter {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Command>,
+    seen: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl ItemFilter {
+    pub fn new(shared: Arc<Shared>, tx: mpsc::Sender<Command>) -> ItemFilter {
+        ItemFilter {
+            shared,
+            tx,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn remember(&mut self, digest: [u8; 32]) -> bool {
+        if !self.seen.insert(digest) {
+            return false;
+        }
+        self.order.push_back(digest);
+        if self.order.len() > SEEN_CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
+}
+
+/// Key under which foca keeps an item in its dissemination backlog.
+pub(crate) fn broadcast_key(item: &super::item::SignedItem) -> BroadcastKey {
+    let rank = item.meta.rank();
+    let mut r = rank.version.to_be_bytes().to_vec();
+    r.extend_from_slice(&rank.signer);
+    r.extend_from_slice(&rank.hash);
+    r.push(rank.deleted as u8);
+    BroadcastKey {
+        id: item.meta.key.to_bytes(),
+        rank: r,
+    }
+}
+
+impl BroadcastFilter for ItemFilter {
+    fn receive(&mut self, data: &[u8], sender: Option<&NodeId>) -> Option<BroadcastKey> {
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        let wire: WireItem = match codec::decode_exact(data, MAX_BROADCAST_ITEM) {
+            Ok(w) => w,
+            Err(e) => {
+                stats.reject(Reject::Malformed);
+                debug!(error = %e, "undecodable broadcast item");
+                return None;
+            }
+        };
+        let Some(sender) = sender else {
+            // Our own item, already committed: disseminate it.
+            return super::item::SignedItem::parse(&wire.meta, &wire.signature)
+                .ok()
+                .map(|i| broadcast_key(&i));
+        };
+        let verified = match self.shared.policy.verify(&wire, crate::time::unix_ms()) {
+            Ok(v) => v,
+            Err(reason) => {
+                stats.reject(reason);
+                debug!(from = %sender.key.short(), %reason, "broadcast item rejected");
+                return None;
+            }
+        };
+        let key = verified.item.meta.key.to_bytes();
+        let rank = verified.item.meta.rank();
+        if let Some(stored) = self.shared.index().get(&key).map(|e| e.rank) {
+            if stored > rank {
+                stats.reject(Reject::Stale);
+            }
+            if stored >= rank {
+                return None;
+            }
+        }
+        if !self.remember(verified.item.digest()) {
+            return None;
+        }
+        let inline = verified.content.is_some();
+        let key = broadcast_key(&verified.item);
+        let offer = Command::Offer {
+            item: verified,
+            holder: Some(sender.key),
+            origin: Origin::Broadcast,
+        };
+        if self.tx.try_send(offer).is_err() {
+            stats.items_dropped_busy.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        // Items with their content travel on at once; announcements are passed on by the
+        // replication task once it holds the body, so that every announcer can serve it.
+        inline.then_some(key)
+    }
+}

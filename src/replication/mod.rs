@@ -1,0 +1,260 @@
+//! Signed replicated state: per-node records and files.
+//!
+//! - [`item`]: the signed item layout and the order that picks a winner; [`hlc`]: versions.
+//! - [`policy`]: the checks every item passes before anything is stored.
+//! - Push: small items ride inline in SWIM custom broadcasts ([`filter`]); larger ones are
+//!   announced and their bodies pulled over a QUIC stream from the announcer ([`sync`]).
+//! - Repair: periodic and membership-triggered anti-entropy by range-based set reconciliation
+//!   ([`reconcile`], over [`index`]), constant cost when in sync.
+//! - One task ([`actor`]) decides and commits; others verify in parallel and hand it
+//!   [`policy::Verified`] items over a bounded channel.
+
+mod actor;
+mod filter;
+pub mod hlc;
+pub mod index;
+pub mod item;
+pub mod policy;
+pub mod protocol;
+pub mod reconcile;
+pub mod records;
+mod sync;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use actor::{ActorParts, spawn};
+use index::Index;
+use item::{ItemKey, RecordKind, WireItem};
+use policy::{Policy, Reject, Verified};
+
+use crate::identity::PublicKey;
+use crate::store::Store;
+
+/// Capacity of the replication task's command channel.
+pub const COMMAND_CAPACITY: usize = 1024;
+/// Largest encoded item carried in a SWIM broadcast (leaves room for headers and updates in
+/// a 1150-byte packet).
+pub const MAX_BROADCAST_ITEM: usize = 900;
+
+/// Settings of replication, from `[replication]`.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// Period of anti-entropy with a random peer.
+    pub anti_entropy_interval: Duration,
+}
+
+/// Counters of replication.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Items committed (new winners), from any source.
+    pub items_committed: AtomicU64,
+    /// Of those, received in broadcasts.
+    pub items_from_broadcast: AtomicU64,
+    /// Of those, received by anti-entropy.
+    pub items_from_sync: AtomicU64,
+    /// Of those, uploaded through the local API.
+    pub items_uploaded: AtomicU64,
+    /// Of those, published by this node.
+    pub items_local: AtomicU64,
+    /// File bodies fetched from peers.
+    pub bodies_fetched: AtomicU64,
+    /// Bytes of those bodies.
+    pub body_bytes_fetched: AtomicU64,
+    /// Body bytes served to peers.
+    pub body_bytes_served: AtomicU64,
+    /// Body fetches that failed (and were retried elsewhere or dropped).
+    pub fetch_failures: AtomicU64,
+    /// Anti-entropy sessions this node started.
+    pub syncs_started: AtomicU64,
+    /// Of those, found in sync at the first exchange.
+    pub syncs_in_sync: AtomicU64,
+    /// Items sent to peers during anti-entropy.
+    pub items_sent_by_sync: AtomicU64,
+    /// Items dropped because the replication task was busy (anti-entropy repairs them).
+    pub items_dropped_busy: AtomicU64,
+    rejected: [AtomicU64; Reject::ALL.len()],
+}
+
+impl Stats {
+    /// Counts a rejection.
+    pub fn reject(&self, reason: Reject) {
+        let i = Reject::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is listed");
+        self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rejections so far for `reason`.
+    pub fn rejected(&self, reason: Reject) -> u64 {
+        let i = Reject::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is listed");
+        self.rejected[i].load(Ordering::Relaxed)
+    }
+}
+
+/// Where an offered item came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A SWIM broadcast.
+    Broadcast,
+    /// Anti-entropy.
+    Sync,
+}
+
+/// Outcome of an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The version now stored.
+    pub version: u64,
+}
+
+pub(crate) enum Command {
+    Offer {
+        item: Verified,
+        holder: Option<PublicKey>,
+        origin: Origin,
+    },
+    Upload {
+        item: Verified,
+        reply: oneshot::Sender<Result<Committed, Reject>>,
+    },
+    Publish {
+        kind: RecordKind,
+        content: Vec<u8>,
+    },
+    FetchDone {
+        hash: [u8; 32],
+        holder: PublicKey,
+        ok: bool,
+    },
+    SyncDone,
+}
+
+/// State shared between the replication task (sole writer of the index and items) and the
+/// tasks that read it: the broadcast filter, stream handlers, HTTP handlers.
+pub(crate) struct Shared {
+    pub index: RwLock<Index>,
+    pub store: Store,
+    pub policy: Arc<Policy>,
+    pub stats: Stats,
+}
+
+impl Shared {
+    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Handle to replication: read the replicated state, upload, publish.
+#[derive(Clone)]
+pub struct ReplicationHandle {
+    cmds: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+/// Why an upload through the handle failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The item was rejected.
+    #[error("{0}")]
+    Rejected(#[from] Reject),
+    /// The replication task is gone (shutting down).
+    #[error("replication is not running")]
+    Stopped,
+}
+
+impl ReplicationHandle {
+    /// The acceptance policy.
+    pub fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Number of committed items and their fingerprint.
+    pub fn summary(&self) -> (usize, [u8; 32]) {
+        let index = self.shared.index();
+        (index.len(), index.fingerprint())
+    }
+
+    /// The stored item for `key`, if any.
+    pub fn get(&self, key: &ItemKey) -> Option<(item::SignedItem, Option<Vec<u8>>)> {
+        let raw = self.shared.store.get_item(&key.to_bytes()).ok()??;
+        decode_stored(&raw)
+    }
+
+    /// Every stored item of the file family.
+    pub fn files(&self) -> Vec<item::SignedItem> {
+        self.shared
+            .store
+            .items_with_prefix(&[item::FAMILY_FILE])
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| decode_stored(&v).map(|(i, _)| i))
+            .collect()
+    }
+
+    /// Whether a newer-or-equal version of `item`'s key is already stored.
+    pub fn is_stale(&self, item: &item::SignedItem) -> bool {
+        self.shared
+            .index()
+            .get(&item.meta.key.to_bytes())
+            .is_some_and(|e| e.rank >= item.meta.rank())
+    }
+
+    /// Commits an item verified by the caller. For a file with content, its body must
+    /// already be stored complete.
+    pub async fn upload(&self, item: Verified) -> Result<Committed, UploadError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(Command::Upload { item, reply })
+            .await
+            .map_err(|_| UploadError::Stopped)?;
+        Ok(rx.await.map_err(|_| UploadError::Stopped)??)
+    }
+
+    /// Publishes (or replaces) one of this node's own records.
+    pub async fn publish(&self, kind: RecordKind, content: Vec<u8>) {
+        let _ = self.cmds.send(Command::Publish { kind, content }).await;
+    }
+}
+
+/// Decodes an item as stored (it was verified before it was stored).
+pub(crate) fn decode_stored(raw: &[u8]) -> Option<(item::SignedItem, Option<Vec<u8>>)> {
+    let wire: WireItem = crate::codec::decode_exact(raw, protocol::MAX_FRAME).ok()?;
+    let item = item::SignedItem::parse(&wire.meta, &wire.signature).ok()?;
+    Some((item, wire.content))
+}
+
+/// Creates the handle and the receiving end of its command channel; the task is started with
+/// [`spawn`] once membership exists (membership needs [`ReplicationHandle::broadcast_filter`]).
+pub fn channel(store: Store, policy: Policy) -> (ReplicationHandle, ActorParts) {
+    let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+    let shared = Arc::new(Shared {
+        index: RwLock::new(Index::default()),
+        store,
+        policy: Arc::new(policy),
+        stats: Stats::default(),
+    });
+    (
+        ReplicationHandle {
+            cmds: tx.clone(),
+            shared: shared.clone(),
+        },
+        ActorParts { rx, tx, shared },
+    )
+}

@@ -1,0 +1,269 @@
+//! Replication over QUIC streams: anti-entropy sessions (both roles), body fetches, and the
+//! stream handler that serves peers.
+//!
+//! These run in their own tasks, read the index and the store, verify what peers send, and
+//! hand verified items to the replication task.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::item::WireItem;
+use super::protocol::{
+    BodyHeader, FRAME_TIMEOUT, MAX_ROUNDS, MAX_TURN_ITEM_BYTES, ProtocolError, Request, Turn, read_frame, write_frame,
+};
+use super::{Command, Origin, Shared, reconcile};
+use crate::identity::PublicKey;
+use crate::store::{BodyError, CHUNK_SIZE};
+use crate::transport::{HandlerFuture, PeerInfo, StreamHandler, Target, Transport, TransportError};
+
+/// Why a body fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FetchError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("peer does not hold the body")]
+    NotFound,
+}
+
+/// What one anti-entropy session did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Report {
+    /// The first exchange showed both sides in sync.
+    pub in_sync: bool,
+    /// Items received.
+    pub received: usize,
+    /// Items sent.
+    pub sent: usize,
+}
+
+/// Runs replication streams. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Syncer {
+    pub shared: Arc<Shared>,
+    pub tx: mpsc::Sender<Command>,
+    pub transport: Transport,
+}
+
+impl Syncer {
+    /// Reconciles with `peer` as the initiator.
+    pub async fn reconcile(&self, peer: PublicKey, target: Option<Target>) -> Result<Report, FetchError> {
+        let (mut send, mut recv) = self.transport.open_bi(peer, target).await?;
+        let opening = Turn {
+            ranges: reconcile::open(&self.shared.index()),
+            ..Turn::default()
+        };
+        write_frame(&mut send, &Request::Reconcile(opening)).await?;
+        Ok(self.converse(peer, &mut send, &mut recv, None, true).await?)
+    }
+
+    async fn converse(
+        &self,
+        peer: PublicKey,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        mut first: Option<Turn>,
+        initiator: bool,
+    ) -> Result<Report, ProtocolError> {
+        let mut outbox = Outbox::default();
+        let mut report = Report::default();
+        for round in 0..MAX_ROUNDS {
+            let turn = match first.take() {
+                Some(t) => t,
+                None => match read_frame::<Turn>(recv).await? {
+                    Some(t) => t,
+                    // The other side had nothing more to say and closed.
+                    None => return Ok(report),
+                },
+            };
+            if round == 0 && initiator && turn.is_empty() {
+                report.in_sync = true;
+            }
+            let reply = self.answer(peer, turn.clone(), &mut outbox, &mut report).await;
+            if reply.is_empty() && turn.is_empty() {
+                send.finish()?;
+                return Ok(report);
+            }
+            write_frame(send, &reply).await?;
+        }
+        Err(ProtocolError::Violation("reconciliation did not converge"))
+    }
+
+    async fn answer(&self, peer: PublicKey, turn: Turn, outbox: &mut Outbox, report: &mut Report) -> Turn {
+        for wire in turn.items {
+            report.received += 1;
+            self.accept(peer, wire).await;
+        }
+        let step = reconcile::step(&self.shared.index(), &turn.ranges);
+        for key in turn.want.into_iter().chain(step.send) {
+            outbox.push(key);
+        }
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(key) = outbox.pop() {
+            let Ok(Some(raw)) = self.shared.store.get_item(&key) else {
+                continue;
+            };
+            if bytes + raw.len() > MAX_TURN_ITEM_BYTES && !items.is_empty() {
+                outbox.push_front(key);
+                break;
+            }
+            if let Ok(wire) = crate::codec::decode_exact::<WireItem>(&raw, super::protocol::MAX_FRAME) {
+                bytes += raw.len();
+                items.push(wire);
+            }
+        }
+        report.sent += items.len();
+        self.shared
+            .stats
+            .items_sent_by_sync
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        Turn {
+            ranges: step.ranges,
+            items,
+            want: step.want,
+        }
+    }
+
+    /// Verifies an item a peer sent during reconciliation and hands it to the replication task.
+    async fn accept(&self, peer: PublicKey, wire: WireItem) {
+        match self.shared.policy.verify(&wire, crate::time::unix_ms()) {
+            Ok(item) => {
+                // Both sides send their version of a differing key; the older one is expected
+                // traffic here, not a replay worth counting.
+                if self
+                    .shared
+                    .index()
+                    .get(&item.item.meta.key.to_bytes())
+                    .is_some_and(|e| e.rank >= item.item.meta.rank())
+                {
+                    return;
+                }
+                let _ = self
+                    .tx
+                    .send(Command::Offer {
+                        item,
+                        holder: Some(peer),
+                        origin: Origin::Sync,
+                    })
+                    .await;
+            }
+            Err(reason) => {
+                self.shared.stats.reject(reason);
+                debug!(peer = %peer.short(), %reason, "item from anti-entropy rejected");
+            }
+        }
+    }
+
+    /// Fetches the body `hash` of `size` bytes from `peer` into the store.
+    pub async fn fetch_body(
+        &self,
+        peer: PublicKey,
+        target: Option<Target>,
+        hash: [u8; 32],
+        size: u64,
+    ) -> Result<(), FetchError> {
+        let (mut send, mut recv) = self.transport.open_bi(peer, target).await?;
+        write_frame(&mut send, &Request::GetBody { hash }).await?;
+        send.finish().map_err(ProtocolError::from)?;
+        let header: BodyHeader = read_frame(&mut recv)
+            .await?
+            .ok_or(ProtocolError::Violation("no body header"))?;
+        match header.size {
+            None => return Err(FetchError::NotFound),
+            Some(s) if s != size => {
+                return Err(ProtocolError::Violation("body size differs from the signed size").into());
+            }
+            Some(_) => {}
+        }
+        let mut writer = self.shared.store.body_writer(hash, size)?;
+        while writer.received() < size {
+            let chunk = tokio::time::timeout(FRAME_TIMEOUT, recv.read_chunk(CHUNK_SIZE, true))
+                .await
+                .map_err(|_| ProtocolError::Timeout)?
+                .map_err(ProtocolError::from)?
+                .ok_or(BodyError::TooShort {
+                    got: writer.received(),
+                    expected: size,
+                })?;
+            writer.write(&chunk.bytes)?;
+            self.shared
+                .stats
+                .body_bytes_fetched
+                .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+        }
+        writer.finish()?;
+        Ok(())
+    }
+
+    async fn serve(self, peer: PeerInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let result = match read_frame::<Request>(&mut recv).await {
+            Ok(Some(Request::Reconcile(turn))) => self
+                .converse(peer.key, &mut send, &mut recv, Some(turn), false)
+                .await
+                .map(|_| ()),
+            Ok(Some(Request::GetBody { hash })) => self.serve_body(&mut send, hash).await,
+            Ok(None) => Err(ProtocolError::Violation("empty stream")),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            debug!(peer = %peer.key.short(), error = %e, "replication stream failed");
+            let _ = send.reset(2u32.into());
+        }
+    }
+
+    async fn serve_body(&self, send: &mut quinn::SendStream, hash: [u8; 32]) -> Result<(), ProtocolError> {
+        let size = self.shared.store.body_size(&hash).ok().flatten();
+        write_frame(send, &BodyHeader { size }).await?;
+        if size.is_some() {
+            for chunk in self.shared.store.body_chunks(&hash) {
+                let Ok(chunk) = chunk else { break };
+                send.write_all(&chunk).await?;
+                self.shared
+                    .stats
+                    .body_bytes_served
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        }
+        send.finish()?;
+        Ok(())
+    }
+}
+
+impl StreamHandler for Syncer {
+    fn handle(&self, peer: PeerInfo, send: quinn::SendStream, recv: quinn::RecvStream) -> HandlerFuture {
+        Box::pin(self.clone().serve(peer, send, recv))
+    }
+}
+
+/// Keys whose items are still to be sent, each once.
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Vec<u8>>,
+    queued: HashSet<Vec<u8>>,
+}
+
+impl Outbox {
+    fn push(&mut self, key: Vec<u8>) {
+        if self.queued.insert(key.clone()) {
+            self.queue.push_back(key);
+        }
+    }
+    fn push_front(&mut self, key: Vec<u8>) {
+        if self.queued.insert(key.clone()) {
+            self.queue.push_front(key);
+        }
+    }
+    fn pop(&mut self) -> Option<Vec<u8>> {
+        let key = self.queue.pop_front()?;
+        self.queued.remove(&key);
+        Some(key)
+    }
+}
