@@ -148,10 +148,10 @@ impl AgentHandle {
         let _ = self.join_task.await;
         self.membership.leave().await;
         self.http_stop.cancel();
+        let _ = self.http_task.await;
         self.transport.close().await;
         let _ = self.membership_task.await;
-        let _ = self.http_task.await;
-        self.replication_task.abort();
+        self.replication.stop().await;
         let _ = self.replication_task.await;
         if let Err(e) = self.store.flush() {
             error!(error = %e, "flushing state on shutdown");
@@ -269,6 +269,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         probe_timeout: config.cluster.probe_timeout,
         suspect_timeout: config.cluster.suspect_timeout,
         forget_down_after: config.cluster.forget_down_after,
+        reconnect_interval: config.cluster.reconnect_interval,
     };
     let (events_tx, events_rx) = mpsc::channel(MEMBER_EVENTS_CAPACITY);
     let (membership, membership_task) = membership::spawn(

@@ -22,6 +22,7 @@ fn config() -> CoreConfig {
         probe_timeout: Duration::from_millis(500),
         suspect_timeout: Duration::from_secs(3),
         forget_down_after: Duration::from_secs(3600),
+        reconnect_interval: Duration::from_secs(20),
     }
 }
 
@@ -36,6 +37,8 @@ struct Sim {
     seq: u64,
     rng: SmallRng,
     loss: f64,
+    /// Nodes on different sides of a partition cannot talk: side of each node.
+    side: Vec<u8>,
 }
 
 impl Sim {
@@ -56,6 +59,7 @@ impl Sim {
             seq: 0,
             rng: SmallRng::seed_from_u64(seed),
             loss: 0.0,
+            side: vec![0; n],
         };
         for (i, id) in ids.into_iter().enumerate() {
             let core = Core::new(
@@ -82,7 +86,7 @@ impl Sim {
         let Some(core) = self.nodes[from].as_mut() else { return };
         for (to, data) in core.take_sends() {
             let to = self.ids.iter().position(|x| x.key == to.key).expect("known node");
-            if self.rng.random::<f64>() < self.loss {
+            if self.rng.random::<f64>() < self.loss || self.side[from] != self.side[to] {
                 continue;
             }
             self.seq += 1;
@@ -243,5 +247,59 @@ fn a_restarted_node_returns_under_a_newer_generation() {
     sim.run_until(sim.now + Duration::from_secs(8));
     for o in 0..8 {
         assert_eq!(sim.view(o, 5), Some((MemberState::Alive, 2)), "as seen by node {o}");
+    }
+}
+
+#[test]
+fn a_healed_partition_becomes_one_mesh_again() {
+    let mut sim = Sim::new(8, 5);
+    sim.announce_all_to(0);
+    sim.run_until(Duration::from_secs(8));
+    assert!(sim.all_alive());
+    sim.side = vec![0, 0, 0, 0, 1, 1, 1, 1];
+    sim.run_until(sim.now + Duration::from_secs(20));
+    for o in 0..8 {
+        for s in 0..8 {
+            let expected = if sim.side[o] == sim.side[s] {
+                MemberState::Alive
+            } else {
+                MemberState::Down
+            };
+            assert_eq!(
+                sim.view(o, s).map(|v| v.0),
+                Some(expected),
+                "{o} sees {s} during the partition"
+            );
+        }
+    }
+    sim.side = vec![0; 8];
+    let healed_at = sim.now;
+    while !sim.all_alive() {
+        assert!(sim.now < healed_at + Duration::from_secs(60), "mesh did not heal");
+        let t = sim.now + Duration::from_millis(100);
+        sim.run_until(t);
+    }
+    println!("healed in {:?} (virtual)", sim.now - healed_at);
+    // And it stays healed: no suspicion left dangling.
+    sim.run_until(sim.now + Duration::from_secs(30));
+    assert!(sim.all_alive());
+}
+
+/// Partitions about as long as the suspicion timeout used to leave a suspicion dangling
+/// forever: an observer renewed its own identity (foca then drops its pending timers) while
+/// it suspected someone. These seeds and durations reproduced it before the watchdog in
+/// `Core::expire_suspicions` existed.
+#[test]
+fn short_partitions_leave_no_dangling_suspicion() {
+    for (seed, partition_ms) in [(11, 2500), (14, 3500), (22, 4000), (32, 4000), (32, 5500), (39, 2500)] {
+        let mut sim = Sim::new(6, seed);
+        sim.announce_all_to(0);
+        sim.run_until(Duration::from_secs(8));
+        assert!(sim.all_alive());
+        sim.side = vec![0, 0, 0, 1, 1, 1];
+        sim.run_until(sim.now + Duration::from_millis(partition_ms));
+        sim.side = vec![0; 6];
+        sim.run_until(sim.now + Duration::from_secs(60));
+        assert!(sim.all_alive(), "seed {seed}, partition {partition_ms} ms: not healed");
     }
 }

@@ -190,6 +190,11 @@ pub struct ClusterConfig {
     /// How long a down member stays listed before it is forgotten. Default 1h.
     #[serde(default = "default_forget_down_after", with = "humantime_serde")]
     pub forget_down_after: Duration,
+    /// How often each node tries to reach two members it believes down, so that the two sides
+    /// of a healed partition find each other again. Each try costs a QUIC handshake attempt
+    /// while any member is down. Default 20s.
+    #[serde(default = "default_reconnect_interval", with = "humantime_serde")]
+    pub reconnect_interval: Duration,
     /// Longest wait between join attempts (backoff doubles from 500ms up to this). Default 30s.
     #[serde(default = "default_join_backoff_max", with = "humantime_serde")]
     pub join_backoff_max: Duration,
@@ -212,6 +217,7 @@ impl Default for ClusterConfig {
             probe_timeout: default_probe_timeout(),
             suspect_timeout: default_suspect_timeout(),
             forget_down_after: default_forget_down_after(),
+            reconnect_interval: default_reconnect_interval(),
             join_backoff_max: default_join_backoff_max(),
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
@@ -233,6 +239,9 @@ fn default_suspect_timeout() -> Duration {
 }
 fn default_forget_down_after() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_reconnect_interval() -> Duration {
+    Duration::from_secs(20)
 }
 fn default_join_backoff_max() -> Duration {
     Duration::from_secs(30)
@@ -473,6 +482,9 @@ impl Config {
                 "must be above zero and below probe_period".into(),
             ));
         }
+        if c.reconnect_interval.is_zero() {
+            return Err(invalid("cluster", "reconnect_interval", "must be above zero".into()));
+        }
         if c.suspect_timeout.is_zero() {
             return Err(invalid("cluster", "suspect_timeout", "must be above zero".into()));
         }
@@ -550,6 +562,7 @@ impl Config {
                 probe_period: Duration::from_millis(500),
                 probe_timeout: Duration::from_millis(200),
                 suspect_timeout: Duration::from_millis(1500),
+                reconnect_interval: Duration::from_secs(2),
                 join_backoff_max: Duration::from_secs(2),
                 idle_timeout: Duration::from_secs(30),
                 ..ClusterConfig::default()

@@ -37,6 +37,7 @@ struct Shared {
 pub struct Materializer {
     shared: Arc<Shared>,
     dir: PathBuf,
+    worker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Materializer {
@@ -58,12 +59,13 @@ impl Materializer {
         });
         let worker = shared.clone();
         let worker_dir = dir.to_path_buf();
-        std::thread::Builder::new()
+        let worker = std::thread::Builder::new()
             .name("shoal-files".into())
             .spawn(move || run(&worker, &worker_dir, &store))?;
         Ok(Materializer {
             shared,
             dir: dir.to_path_buf(),
+            worker: Some(worker),
         })
     }
 
@@ -101,10 +103,16 @@ impl Materializer {
 }
 
 impl Drop for Materializer {
+    /// Stops the worker after the file it is writing, and waits for it (it holds the store).
     fn drop(&mut self) {
-        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.stop = true;
-        self.shared.wake.notify_all();
+        {
+            let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.stop = true;
+            self.shared.wake.notify_all();
+        }
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
     }
 }
 

@@ -28,10 +28,10 @@ const EXPECTED_CLUSTER_SIZE: u32 = 64;
 /// How often foca gossips pending updates, and to how many members.
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
 const GOSSIP_FANOUT: usize = 3;
+/// Members believed down that a node announces itself to right after renewing its identity.
+const ANNOUNCE_AFTER_RENEWAL: usize = 3;
 /// How often a member asks a random peer for members it may not know.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
-/// How often a member tries to reach members it believes down (heals partitions).
-const ANNOUNCE_DOWN_INTERVAL: Duration = Duration::from_secs(20);
 
 /// Protocol timing, from `[cluster]`.
 #[derive(Debug, Clone)]
@@ -44,6 +44,8 @@ pub struct CoreConfig {
     pub suspect_timeout: Duration,
     /// How long down members are remembered.
     pub forget_down_after: Duration,
+    /// How often to try reaching members believed down (heals partitions).
+    pub reconnect_interval: Duration,
 }
 
 /// A member's state as shown to users.
@@ -157,6 +159,10 @@ pub struct Core {
     leaving: bool,
     version: u64,
     events: Vec<MemberEvent>,
+    /// When each currently suspect member became suspect (monotonic).
+    suspect_since: HashMap<PublicKey, Duration>,
+    /// Suspicions older than this are resolved by the watchdog (see `expire_suspicions`).
+    suspicion_limit: Duration,
 }
 
 impl Core {
@@ -187,7 +193,7 @@ impl Core {
             num_members: NonZeroUsize::new(1).expect("nonzero"),
         });
         fc.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-            frequency: ANNOUNCE_DOWN_INTERVAL,
+            frequency: config.reconnect_interval,
             num_members: NonZeroUsize::new(2).expect("nonzero"),
         });
         let foca = Foca::with_custom_broadcast(id, fc, SmallRng::seed_from_u64(seed), FocaCodec, Handler(filter));
@@ -206,6 +212,8 @@ impl Core {
             leaving: false,
             version: 0,
             events: Vec::new(),
+            suspect_since: HashMap::new(),
+            suspicion_limit: config.suspect_timeout * 2 + config.probe_period,
         }
     }
 
@@ -274,7 +282,36 @@ impl Core {
                 self.timers.push(due, t);
             }
         }
+        self.expire_suspicions(now);
         self.after(now);
+    }
+
+    /// foca discards its pending timers when this node renews its identity, including the
+    /// ones that would turn suspicions of *other* members into "down"; such a suspicion would
+    /// then never end (the suspect never hears of it and never refutes). A suspicion older
+    /// than twice the timeout is resolved the way the lost timer would have: the member is
+    /// declared down, and an alive member will learn it, renew and rejoin.
+    fn expire_suspicions(&mut self, now: Now) {
+        let expired: Vec<foca::Member<NodeId>> = self
+            .view
+            .values()
+            .filter(|m| m.state == MemberState::Suspect)
+            .filter(|m| {
+                self.suspect_since
+                    .get(&m.id.key)
+                    .is_some_and(|t| now.mono.saturating_sub(*t) > self.suspicion_limit)
+            })
+            .map(|m| foca::Member::new(m.id.clone(), m.swim_incarnation, State::Down))
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for m in &expired {
+            warn!(member = ?m.id(), "suspicion outlived its timer; declaring the member down");
+        }
+        if let Err(e) = self.foca.apply_many(expired.into_iter(), true, &mut self.fx) {
+            debug!(error = %e, "expiring suspicions");
+        }
     }
 
     /// When the next timer is due.
@@ -336,6 +373,7 @@ impl Core {
         for (due, t) in self.fx.timers.drain(..) {
             self.timers.push(due, t);
         }
+        let mut renewed = false;
         for note in std::mem::take(&mut self.fx.notes) {
             match note {
                 OwnedNotification::Active => {
@@ -362,11 +400,42 @@ impl Core {
                     warn!(identity = ?id, "declared down by the cluster; rejoining with a renewed identity");
                     self.local_since_ms = now.wall_ms;
                     self.version += 1;
+                    renewed = true;
                 }
                 _ => {}
             }
         }
         self.refresh_view(now);
+        if renewed {
+            self.announce_to_down(now);
+        }
+    }
+
+    /// Being declared down usually means a partition just healed: the members we believe down
+    /// are likely back too. Announcing to a few of them at once, instead of waiting for the
+    /// next reconnect tick, rejoins the two sides in one round trip.
+    fn announce_to_down(&mut self, now: Now) {
+        // Each node picks the down members closest to its own key (XOR), so renewing nodes
+        // spread their announcements instead of all picking the same few.
+        let me = *self.identity().key.as_bytes();
+        let distance = |k: &PublicKey| -> [u8; 32] { std::array::from_fn(|i| k.as_bytes()[i] ^ me[i]) };
+        let mut down: Vec<NodeId> = self
+            .view
+            .values()
+            .filter(|m| m.state == MemberState::Down)
+            .map(|m| m.id.clone())
+            .collect();
+        down.sort_by_key(|id| distance(&id.key));
+        down.truncate(ANNOUNCE_AFTER_RENEWAL);
+        for id in down {
+            if let Err(e) = self.foca.announce(id, &mut self.fx) {
+                debug!(error = %e, "announce after renewal");
+            }
+        }
+        self.fx.now = now.mono;
+        for (due, t) in self.fx.timers.drain(..) {
+            self.timers.push(due, t);
+        }
     }
 
     fn refresh_view(&mut self, now: Now) {
@@ -399,6 +468,11 @@ impl Core {
                         MemberState::Suspect => info!(member = ?id, "member suspect"),
                         MemberState::Alive => info!(member = ?id, "member alive"),
                     }
+                    if state == MemberState::Suspect {
+                        self.suspect_since.insert(id.key, now.mono);
+                    } else {
+                        self.suspect_since.remove(&id.key);
+                    }
                     match slot {
                         Some(v) => *v = view,
                         None => {
@@ -414,6 +488,7 @@ impl Core {
             let current: std::collections::HashSet<PublicKey> =
                 self.foca.iter_membership_state().map(|m| m.id().key).collect();
             self.view.retain(|k, _| current.contains(k));
+            self.suspect_since.retain(|k, _| current.contains(k));
             changed = true;
         }
         if changed {

@@ -49,11 +49,24 @@ impl ReplicationHandle {
     }
 }
 
+/// Where a committed item came from: decides whether to announce it and which counter moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A broadcast; announced again once its body is here (inline ones foca passes on itself).
+    Broadcast,
+    /// Anti-entropy; not announced (the peer it came from already has it everywhere near).
+    Sync,
+    /// The local API.
+    Upload,
+    /// This node's own record.
+    Local,
+}
+
 struct Pending {
     item: Verified,
     holders: VecDeque<PublicKey>,
     tried: HashSet<PublicKey>,
-    announce: bool,
+    source: Source,
 }
 
 struct Actor {
@@ -132,7 +145,8 @@ pub fn spawn(
         interval: config.anti_entropy_interval,
     };
     actor.restore_files();
-    Ok(tokio::spawn(actor.run()))
+    let shared = actor.shared.clone();
+    Ok(shared.spawn(actor.run()))
 }
 
 impl Actor {
@@ -161,7 +175,11 @@ impl Actor {
         match cmd {
             Command::Offer { item, holder, origin } => {
                 // Older versions are expected during anti-entropy; only count them from broadcasts.
-                if let Err(reason) = self.offer(item, holder, origin == Origin::Broadcast).await
+                let source = match origin {
+                    Origin::Broadcast => Source::Broadcast,
+                    Origin::Sync => Source::Sync,
+                };
+                if let Err(reason) = self.offer(item, holder, source).await
                     && (reason != Reject::Stale || origin == Origin::Broadcast)
                 {
                     self.shared.stats.reject(reason);
@@ -179,7 +197,7 @@ impl Actor {
 
     /// Accepts a verified item if it beats what is stored; commits it now or after fetching
     /// its body.
-    async fn offer(&mut self, item: Verified, holder: Option<PublicKey>, announce: bool) -> Result<(), Reject> {
+    async fn offer(&mut self, item: Verified, holder: Option<PublicKey>, source: Source) -> Result<(), Reject> {
         let key = item.item.meta.key.to_bytes();
         let rank = item.item.meta.rank();
         if self.shared.index().get(&key).is_some_and(|e| e.rank >= rank) {
@@ -199,7 +217,8 @@ impl Actor {
         }
         self.hlc.observe(item.item.meta.version);
         if self.body_ready(&item) {
-            self.commit(item, announce).await;
+            // Inline broadcast items are already being passed on by foca.
+            self.commit(item, source, false).await;
             return Ok(());
         }
         if self.pending.len() >= MAX_PENDING_ITEMS && !self.pending.contains_key(&key) {
@@ -212,7 +231,7 @@ impl Actor {
                 item,
                 holders: holder.into_iter().collect(),
                 tried: HashSet::new(),
-                announce,
+                source,
             },
         );
         self.queue.push_back(key);
@@ -257,8 +276,7 @@ impl Actor {
             return Err(if stale { Reject::Stale } else { Reject::HashMismatch });
         }
         self.hlc.observe(version);
-        self.commit(item, true).await;
-        self.shared.stats.items_uploaded.fetch_add(1, Ordering::Relaxed);
+        self.commit(item, Source::Upload, true).await;
         let _ = self.shared.store.flush();
         Ok(Committed { version })
     }
@@ -291,12 +309,12 @@ impl Actor {
             item: SignedItem::sign(meta, &self.secret),
             content: Some(content),
         };
-        self.commit(item, true).await;
-        self.shared.stats.items_local.fetch_add(1, Ordering::Relaxed);
+        self.commit(item, Source::Local, true).await;
     }
 
-    /// Stores the new winner, updates the index and the files on disk, and announces it.
-    async fn commit(&mut self, v: Verified, announce: bool) {
+    /// Stores the new winner, updates the index and the files on disk, and (if `announce`)
+    /// starts disseminating it.
+    async fn commit(&mut self, v: Verified, source: Source, announce: bool) {
         let meta = &v.item.meta;
         let key = meta.key.to_bytes();
         let is_record = matches!(meta.key, ItemKey::Node { .. });
@@ -320,8 +338,16 @@ impl Actor {
             },
         );
         let _ = self.shared.store.save_clock(self.hlc.last());
-        self.shared.stats.items_committed.fetch_add(1, Ordering::Relaxed);
-        debug!(item = %meta.key, version = meta.version, "committed");
+        let stats = &self.shared.stats;
+        stats.items_committed.fetch_add(1, Ordering::Relaxed);
+        match source {
+            Source::Broadcast => &stats.items_from_broadcast,
+            Source::Sync => &stats.items_from_sync,
+            Source::Upload => &stats.items_uploaded,
+            Source::Local => &stats.items_local,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        debug!(item = %meta.key, version = meta.version, ?source, "committed");
         if let ItemKey::File { name } = &meta.key {
             if meta.deleted {
                 self.materializer.remove(name);
@@ -405,7 +431,7 @@ impl Actor {
             let target = self.target_of(&holder);
             let syncer = self.syncer.clone();
             let tx = self.tx.clone();
-            tokio::spawn(async move {
+            self.shared.spawn(async move {
                 let result = syncer.fetch_body(holder, target, hash, size).await;
                 if let Err(e) = &result {
                     debug!(peer = %holder.short(), error = %e, "body fetch failed");
@@ -440,7 +466,10 @@ impl Actor {
                         .get(&key)
                         .is_none_or(|e| e.rank < p.item.item.meta.rank());
                     if newest {
-                        self.commit(p.item, p.announce).await;
+                        // A body fetched after an announcement is announced again from here,
+                        // so every announcer can serve it.
+                        let announce = p.source == Source::Broadcast;
+                        self.commit(p.item, p.source, announce).await;
                     }
                 }
             }
@@ -507,7 +536,7 @@ impl Actor {
         self.shared.stats.syncs_started.fetch_add(1, Ordering::Relaxed);
         let syncer = self.syncer.clone();
         let tx = self.tx.clone();
-        tokio::spawn(async move {
+        self.shared.spawn(async move {
             match syncer.reconcile(key, Some(target)).await {
                 Ok(report) => {
                     if report.in_sync {

@@ -25,6 +25,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use actor::{ActorParts, spawn};
 use index::Index;
@@ -144,9 +146,26 @@ pub(crate) struct Shared {
     pub store: Store,
     pub policy: Arc<Policy>,
     pub stats: Stats,
+    /// The replication task and everything it spawns (fetches, sessions).
+    pub tasks: TaskTracker,
+    pub cancel: CancellationToken,
 }
 
 impl Shared {
+    /// Spawns a task that ends when replication stops.
+    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = fut => {}
+            }
+        })
+    }
+
     pub fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         self.index.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -227,6 +246,13 @@ impl ReplicationHandle {
         Ok(rx.await.map_err(|_| UploadError::Stopped)??)
     }
 
+    /// Stops the replication task and every task it spawned, and waits for them.
+    pub async fn stop(&self) {
+        self.shared.cancel.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+
     /// Publishes (or replaces) one of this node's own records.
     pub async fn publish(&self, kind: RecordKind, content: Vec<u8>) {
         let _ = self.cmds.send(Command::Publish { kind, content }).await;
@@ -249,6 +275,8 @@ pub fn channel(store: Store, policy: Policy) -> (ReplicationHandle, ActorParts) 
         store,
         policy: Arc::new(policy),
         stats: Stats::default(),
+        tasks: TaskTracker::new(),
+        cancel: CancellationToken::new(),
     });
     (
         ReplicationHandle {

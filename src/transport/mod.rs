@@ -14,12 +14,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use frame::Channel;
@@ -207,11 +208,15 @@ struct Inner {
     pool: Mutex<Pool>,
     dial_permits: Arc<Semaphore>,
     stream_permits: Arc<Semaphore>,
-    stream_handler: OnceLock<Arc<dyn StreamHandler>>,
+    /// Cleared when the transport stops: the handler usually holds a `Transport` itself, and
+    /// keeping it would make a reference cycle that never frees the endpoint or the store.
+    stream_handler: RwLock<Option<Arc<dyn StreamHandler>>>,
     blocked: RwLock<HashSet<PublicKey>>,
     inbound: mpsc::Sender<(Channel, Inbound)>,
     stats: Arc<Stats>,
     cancel: CancellationToken,
+    /// Every task the transport spawns, so that closing can wait for all of them.
+    tracker: TaskTracker,
 }
 
 /// Handle to the transport. Cheap to clone.
@@ -286,14 +291,15 @@ impl Transport {
             pool: Mutex::new(Pool::default()),
             dial_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_DIALS)),
             stream_permits: Arc::new(Semaphore::new(MAX_INCOMING_STREAMS)),
-            stream_handler: OnceLock::new(),
+            stream_handler: RwLock::new(None),
             blocked: RwLock::new(HashSet::new()),
             inbound,
             stats,
             cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
         });
         let transport = Transport { inner };
-        tokio::spawn(transport.clone().accept_loop());
+        transport.spawn(transport.clone().accept_loop());
         Ok(transport)
     }
 
@@ -332,10 +338,23 @@ impl Transport {
         self.inner.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Installs the handler for incoming streams (once; later calls are ignored). Streams that
-    /// arrive before it is installed are refused.
+    /// Spawns a task that ends when the transport is closed or aborted.
+    fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        let cancel = self.inner.cancel.clone();
+        self.inner.tracker.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+
+    /// Installs the handler for incoming streams. Streams that arrive before it is installed
+    /// are refused.
     pub fn set_stream_handler(&self, handler: Arc<dyn StreamHandler>) {
-        let _ = self.inner.stream_handler.set(handler);
+        if !self.inner.cancel.is_cancelled() {
+            *self.inner.stream_handler.write().unwrap_or_else(|e| e.into_inner()) = Some(handler);
+        }
     }
 
     /// Fault injection: drops all traffic to and from `peers` (datagrams both ways, new
@@ -454,7 +473,7 @@ impl Transport {
         pool.dialing.insert(to.key, first.into_iter().collect());
         drop(pool);
         let this = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let _permit = permit;
             let result = this.connect(to.addr, Some(to.key)).await;
             let pending = this.lock().dialing.remove(&to.key).unwrap_or_default();
@@ -560,7 +579,7 @@ impl Transport {
             old.conn.close(0u32.into(), b"superseded");
         }
         debug!(peer = %info.key.short(), name = %info.name, %addr, dialled, canonical, "connected");
-        tokio::spawn(self.clone().read_loop(conn, info.clone()));
+        self.spawn(self.clone().read_loop(conn, info.clone()));
         Ok(info)
     }
 
@@ -624,12 +643,17 @@ impl Transport {
     }
 
     fn on_stream(&self, peer: &PeerInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let handler = self.inner.stream_handler.get().cloned();
+        let handler = self
+            .inner
+            .stream_handler
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let permit = self.inner.stream_permits.clone().try_acquire_owned().ok();
         match (handler, permit) {
             (Some(handler), Some(permit)) if !self.is_blocked(&peer.key) => {
                 let fut = handler.handle(peer.clone(), send, recv);
-                tokio::spawn(async move {
+                self.spawn(async move {
                     let _permit = permit;
                     fut.await;
                 });
@@ -657,7 +681,7 @@ impl Transport {
                 continue;
             }
             let this = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 let remote = incoming.remote_address();
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                     Ok(Ok(conn)) => {
@@ -690,14 +714,26 @@ impl Transport {
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flushed).await;
         self.inner.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(CLOSE_IDLE_TIMEOUT, self.inner.endpoint.wait_idle()).await;
-        self.inner.cancel.cancel();
+        self.abort();
+        self.stopped().await;
         info!("transport closed");
     }
 
     /// Stops all transport tasks at once, without telling peers anything; for tests that
-    /// simulate a crash and for aborting startup.
+    /// simulate a crash and for aborting startup. [`Transport::stopped`] waits for them.
     pub fn abort(&self) {
         self.inner.cancel.cancel();
+        self.inner.tracker.close();
+        self.inner
+            .stream_handler
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// Completes once every transport task has ended (after `close` or `abort`).
+    pub async fn stopped(&self) {
+        self.inner.tracker.wait().await;
     }
 }
 
