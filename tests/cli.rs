@@ -277,3 +277,100 @@ fn example_config_is_valid() {
     assert_eq!(config.cluster.bootstrap.len(), 2);
     assert_eq!(config.cluster.bootstrap[1].host, "seed.example.internal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_commands_sign_upload_list_get_and_delete() {
+    let net = TestNetwork::new();
+    let a = start(net.config("alpha")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signer.key");
+    net.signer.save(&key, false).unwrap();
+    let stranger = dir.path().join("stranger.key");
+    shoal::identity::SecretKey::generate().save(&stranger, false).unwrap();
+    let file = dir.path().join("app.conf");
+    std::fs::write(&file, b"port = 1\n").unwrap();
+    let url = format!("http://{}", a.http_addr);
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_shoal(&args)
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let (f, k, ks) = (
+        file.to_str().unwrap(),
+        key.to_str().unwrap(),
+        stranger.to_str().unwrap(),
+    );
+
+    let (code, out, err) = run(s(&["file", "update", f, "--key-path", k, "--url", &url]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("app.conf: version"), "{out}");
+    std::fs::write(&file, b"port = 2\n").unwrap();
+    let (code, _, err) = run(s(&["file", "update", f, "--key-path", k, "--url", &url]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "an update gets a newer version: {err}");
+
+    let (code, out, _) = run(s(&["file", "get", "app.conf", "--url", &url])).await.unwrap();
+    assert_eq!((code, out.as_str()), (0, "port = 2\n"));
+    let (code, out, _) = run(s(&["file", "list", "--url", &url])).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("NAME") && out.contains("app.conf") && out.contains(&net.signer.public().short()),
+        "{out}"
+    );
+
+    // Refusals say why and exit non-zero.
+    let (code, _, err) = run(s(&["file", "update", f, "--key-path", ks, "--url", &url]))
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("unauthorized_signer"), "{err}");
+    let (code, _, err) = run(s(&[
+        "file",
+        "update",
+        f,
+        "--name",
+        "unlisted",
+        "--key-path",
+        k,
+        "--url",
+        &url,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("not configured"), "{err}");
+    let (code, _, err) = run(s(&[
+        "file",
+        "update",
+        f,
+        "--name",
+        "../x",
+        "--key-path",
+        k,
+        "--url",
+        &url,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid file name"), "{err}");
+
+    let (code, out, err) = run(s(&["file", "delete", "app.conf", "--key-path", k, "--url", &url]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted"), "{out}");
+    let (code, _, err) = run(s(&["file", "get", "app.conf", "--url", &url])).await.unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("deleted"), "{err}");
+    let (_, out, _) = run(s(&["file", "list", "--url", &url])).await.unwrap();
+    assert!(!out.contains("app.conf"), "deleted files are hidden: {out}");
+    let (_, out, _) = run(s(&["file", "list", "--all", "--url", &url])).await.unwrap();
+    assert!(out.contains("app.conf") && out.contains("deleted"), "{out}");
+    a.shutdown().await;
+}
