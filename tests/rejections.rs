@@ -236,7 +236,7 @@ async fn items_and_frames_from_a_peer_are_refused_and_store_nothing() {
         };
         WireItem::new(&SignedItem::sign(meta, &net.signer), Some(b"lies".to_vec()))
     };
-    let items = vec![
+    let items = [
         (
             wire(&signed_file(id, "nope", b"x", &net.signer, v), b"x"),
             Reject::UnknownFile,
