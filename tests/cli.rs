@@ -266,16 +266,19 @@ fn example_config_is_valid() {
         u64::MAX,
     )
     .unwrap();
-    let text = text
-        .replace(
-            "hnuGNlUHyozNi1egatsI9GGx7dh+bNPHdugf5J9yJHQ=",
-            &net.public().to_string(),
-        )
-        .replace("[http]", &format!("certificate = \"{}\"\n\n[http]", cert.to_base64()));
+    let text = text.replace(
+        "network_key = \"hnuGNlUHyozNi1egatsI9GGx7dh+bNPHdugf5J9yJHQ=\"",
+        &format!(
+            "network_key = \"{}\"\ncertificate = \"{}\"",
+            net.public(),
+            cert.to_base64()
+        ),
+    );
     let config = shoal::config::Config::parse(&text, &path, &env).expect("example parses");
     assert_eq!(config.node.name.as_deref(), Some("web-1"));
     assert_eq!(config.cluster.bootstrap.len(), 2);
     assert_eq!(config.cluster.bootstrap[1].host, "seed.example.internal");
+    assert_eq!(config.files["shared:data"].len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

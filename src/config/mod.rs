@@ -101,7 +101,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationSection {
-    /// How often to reconcile with a random peer. Default 15s.
+    /// How often to reconcile with a random peer (also done at once when this node joins
+    /// and when a member comes up). Default 30s.
     #[serde(default = "default_anti_entropy_interval", with = "humantime_serde")]
     pub anti_entropy_interval: Duration,
     /// Largest accepted file, e.g. "64MiB". Default 64 MiB.
@@ -123,7 +124,7 @@ impl Default for ReplicationSection {
 }
 
 fn default_anti_entropy_interval() -> Duration {
-    Duration::from_secs(15)
+    Duration::from_secs(30)
 }
 fn default_max_file_size() -> bytesize::ByteSize {
     bytesize::ByteSize::mib(64)

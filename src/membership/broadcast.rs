@@ -5,6 +5,9 @@
 //! it in up to `max_transmissions` later packets. Items with the same id replace each other
 //! in that backlog when they rank higher.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::NodeId;
 
 /// Identifies a broadcast in foca's backlog.
@@ -42,14 +45,22 @@ impl BroadcastFilter for NoBroadcasts {
     }
 }
 
-/// Adapts a [`BroadcastFilter`] to foca.
-pub(crate) struct Handler(pub Box<dyn BroadcastFilter>);
+/// Adapts a [`BroadcastFilter`] to foca, counting the items it accepts. (foca's backlog
+/// length cannot tell: a newer version of an item replaces the older one in place.)
+pub(crate) struct Handler {
+    pub filter: Box<dyn BroadcastFilter>,
+    pub accepted: Arc<AtomicU64>,
+}
 
 impl foca::BroadcastHandler<NodeId> for Handler {
     type Key = BroadcastKey;
     type Error = std::convert::Infallible;
 
     fn receive_item(&mut self, data: &[u8], sender: Option<&NodeId>) -> Result<Option<BroadcastKey>, Self::Error> {
-        Ok(self.0.receive(data, sender))
+        let key = self.filter.receive(data, sender);
+        if key.is_some() {
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(key)
     }
 }

@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,8 +27,10 @@ use crate::identity::PublicKey;
 pub const MAX_SWIM_PACKET: usize = 1150;
 /// Cluster size foca's dissemination parameters are tuned for.
 const EXPECTED_CLUSTER_SIZE: u32 = 64;
-/// How often foca gossips pending updates, and to how many members.
-const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
+/// How often foca gossips pending updates, and to how many members. Only while something is
+/// pending, and each item still goes out at most `max_transmissions` times: a short interval
+/// spends the same packets sooner, so stragglers missed by the first wave catch up quickly.
+const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
 const GOSSIP_FANOUT: usize = 3;
 /// Members believed down that a node announces itself to right after renewing its identity.
 const ANNOUNCE_AFTER_RENEWAL: usize = 3;
@@ -163,6 +167,8 @@ pub struct Core {
     suspect_since: HashMap<PublicKey, Duration>,
     /// Suspicions older than this are resolved by the watchdog (see `expire_suspicions`).
     suspicion_limit: Duration,
+    /// Broadcast items the filter accepted so far.
+    accepted: Arc<AtomicU64>,
 }
 
 impl Core {
@@ -196,7 +202,12 @@ impl Core {
             frequency: config.reconnect_interval,
             num_members: NonZeroUsize::new(2).expect("nonzero"),
         });
-        let foca = Foca::with_custom_broadcast(id, fc, SmallRng::seed_from_u64(seed), FocaCodec, Handler(filter));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let handler = Handler {
+            filter,
+            accepted: accepted.clone(),
+        };
+        let foca = Foca::with_custom_broadcast(id, fc, SmallRng::seed_from_u64(seed), FocaCodec, handler);
         Core {
             foca,
             fx: Effects {
@@ -213,6 +224,7 @@ impl Core {
             version: 0,
             events: Vec::new(),
             suspect_since: HashMap::new(),
+            accepted,
             suspicion_limit: config.suspect_timeout * 2 + config.probe_period,
         }
     }
@@ -244,10 +256,10 @@ impl Core {
         }
         self.learn_name(from, name);
         self.fx.now = now.mono;
-        let backlog = self.foca.custom_broadcast_backlog();
+        let accepted = self.accepted.load(Ordering::Relaxed);
         let mut result = self.foca.handle_data(data, &mut self.fx);
         // News arrived: pass it on at once instead of waiting for the next gossip tick.
-        if result.is_ok() && self.foca.custom_broadcast_backlog() > backlog {
+        if result.is_ok() && self.accepted.load(Ordering::Relaxed) > accepted {
             result = self.foca.broadcast(&mut self.fx);
         }
         self.after(now);

@@ -270,14 +270,13 @@ impl Actor {
                 .index()
                 .get(&key)
                 .is_some_and(|e| e.rank >= item.item.meta.rank());
+        // Refusals are counted by the API layer, which sees every refused upload.
         if stale || !self.body_ready(&item) {
             self.collect_body(hash);
-            self.shared.stats.reject(Reject::Stale);
             return Err(if stale { Reject::Stale } else { Reject::HashMismatch });
         }
         self.hlc.observe(version);
         self.commit(item, Source::Upload, true).await;
-        let _ = self.shared.store.flush();
         Ok(Committed { version })
     }
 
@@ -348,6 +347,11 @@ impl Actor {
         }
         .fetch_add(1, Ordering::Relaxed);
         debug!(item = %meta.key, version = meta.version, ?source, "committed");
+        let _ = self.shared.commits.send(super::CommitEvent {
+            key: meta.key.clone(),
+            version: meta.version,
+            deleted: meta.deleted,
+        });
         if let ItemKey::File { name } = &meta.key {
             if meta.deleted {
                 self.materializer.remove(name);
@@ -458,6 +462,10 @@ impl Actor {
             .collect();
         if ok {
             self.shared.stats.bodies_fetched.fetch_add(1, Ordering::Relaxed);
+            if keys.is_empty() {
+                // A newer version replaced the item while its body was on the way.
+                self.collect_body(hash);
+            }
             for key in keys {
                 if let Some(p) = self.pending.remove(&key) {
                     let newest = self

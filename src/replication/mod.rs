@@ -38,6 +38,8 @@ use crate::store::Store;
 
 /// Capacity of the replication task's command channel.
 pub const COMMAND_CAPACITY: usize = 1024;
+/// Commit notifications buffered per subscriber; a slower subscriber misses the oldest.
+pub const COMMIT_EVENTS_CAPACITY: usize = 1024;
 /// Largest encoded item carried in a SWIM broadcast (leaves room for headers and updates in
 /// a 1150-byte packet).
 pub const MAX_BROADCAST_ITEM: usize = 900;
@@ -110,6 +112,17 @@ pub enum Origin {
     Sync,
 }
 
+/// Notice of a new winner committed for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitEvent {
+    /// The key.
+    pub key: ItemKey,
+    /// Its new version.
+    pub version: u64,
+    /// Whether it is a delete.
+    pub deleted: bool,
+}
+
 /// Outcome of an upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -149,6 +162,7 @@ pub(crate) struct Shared {
     /// The replication task and everything it spawns (fetches, sessions).
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
+    pub commits: tokio::sync::broadcast::Sender<CommitEvent>,
 }
 
 impl Shared {
@@ -246,6 +260,11 @@ impl ReplicationHandle {
         Ok(rx.await.map_err(|_| UploadError::Stopped)??)
     }
 
+    /// Notifications of every commit from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CommitEvent> {
+        self.shared.commits.subscribe()
+    }
+
     /// Stops the replication task and every task it spawned, and waits for them.
     pub async fn stop(&self) {
         self.shared.cancel.cancel();
@@ -277,6 +296,7 @@ pub fn channel(store: Store, policy: Policy) -> (ReplicationHandle, ActorParts) 
         stats: Stats::default(),
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
+        commits: tokio::sync::broadcast::channel(COMMIT_EVENTS_CAPACITY).0,
     });
     (
         ReplicationHandle {

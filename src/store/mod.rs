@@ -132,6 +132,12 @@ impl Store {
         self.items.scan_prefix(prefix).map(|r| r.map_err(StoreError::from))
     }
 
+    /// Flushes everything to disk without blocking the async runtime.
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
     /// Flushes everything to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
