@@ -71,5 +71,96 @@ fn swim_codec(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, certificates, swim_codec);
+fn items(c: &mut Criterion) {
+    use shoal::replication::item::{ItemKey, ItemMeta, SignedItem, WireItem};
+    use shoal::replication::policy::Policy;
+    let signer = SecretKey::generate();
+    let body = vec![7u8; 200];
+    let meta = ItemMeta {
+        network: [1; 32],
+        key: ItemKey::File {
+            name: "config:app".into(),
+        },
+        version: 1_795_366_553_000 << 16,
+        signer: signer.public(),
+        hash: *blake3::hash(&body).as_bytes(),
+        size: body.len() as u64,
+        deleted: false,
+    };
+    c.bench_function("item sign", |b| {
+        b.iter(|| SignedItem::sign(black_box(meta.clone()), &signer))
+    });
+    let item = SignedItem::sign(meta, &signer);
+    c.bench_function("item signature verify", |b| {
+        b.iter(|| black_box(&item).verify_signature())
+    });
+    let wire = WireItem::new(&item, Some(body.clone()));
+    let policy = Policy {
+        network_id: [1; 32],
+        files: [("config:app".to_string(), [signer.public()].into_iter().collect())].into(),
+        max_file_size: 1 << 26,
+        max_skew: std::time::Duration::from_secs(300),
+    };
+    c.bench_function("item full acceptance check (parse, authorize, verify, hash)", |b| {
+        b.iter(|| policy.verify(black_box(&wire), 1_795_366_553_000).unwrap())
+    });
+    let encoded = shoal::codec::encode(&wire).unwrap();
+    c.bench_function("wire item encode", |b| {
+        b.iter(|| shoal::codec::encode(black_box(&wire)).unwrap())
+    });
+    c.bench_function("wire item decode", |b| {
+        b.iter(|| shoal::codec::decode_exact::<WireItem>(black_box(&encoded), 1 << 20).unwrap())
+    });
+}
+
+fn reconciliation(c: &mut Criterion) {
+    use shoal::replication::index::{Entry, Index};
+    use shoal::replication::item::Rank;
+    use shoal::replication::reconcile;
+    let entry = |n: u64, v: u64| Entry {
+        rank: Rank {
+            version: v,
+            signer: [0; 32],
+            hash: [0; 32],
+            deleted: false,
+        },
+        digest: *blake3::hash(&[n.to_be_bytes(), v.to_be_bytes()].concat()).as_bytes(),
+    };
+    let key = |n: u64| blake3::hash(&n.to_be_bytes()).as_bytes()[..16].to_vec();
+    let mut a = Index::default();
+    for n in 0..10_000 {
+        a.insert(key(n), entry(n, 1));
+    }
+    let mut b = a.clone();
+    c.bench_function("reconcile 10k items, in sync (open + answer)", |bench| {
+        bench.iter(|| reconcile::step(black_box(&b), &reconcile::open(black_box(&a))))
+    });
+    for n in 0..10 {
+        b.insert(key(n * 997), entry(n * 997, 2));
+    }
+    c.bench_function("reconcile 10k items, 10 differences (full exchange)", |bench| {
+        bench.iter(|| {
+            let mut msg = reconcile::open(&a);
+            let mut turn = 0;
+            loop {
+                let s = if turn % 2 == 0 {
+                    reconcile::step(&b, &msg)
+                } else {
+                    reconcile::step(&a, &msg)
+                };
+                if s.ranges.is_empty() {
+                    break s.send.len() + s.want.len();
+                }
+                msg = s.ranges;
+                turn += 1;
+            }
+        })
+    });
+    let chunk = vec![3u8; shoal::store::CHUNK_SIZE];
+    c.bench_function("blake3 of one 256 KiB chunk", |bench| {
+        bench.iter(|| blake3::hash(black_box(&chunk)))
+    });
+}
+
+criterion_group!(benches, certificates, swim_codec, items, reconciliation);
 criterion_main!(benches);

@@ -179,6 +179,24 @@ async fn uploads_are_refused_with_a_reason_and_store_nothing() {
     assert_eq!(a.replication().stats().rejected(Reject::Stale), before + 2);
     assert_eq!(content(http, "app.conf").await.as_deref(), Some(&b"v1"[..]));
     assert_eq!(a.replication().store().chunk_count(), 1, "only v1's body is stored");
+
+    // Operators see the refusals by reason.
+    let report: shoal::http::api::Replication = get_json(http, "/api/replication").await.unwrap();
+    for reason in [
+        Reject::UnknownFile,
+        Reject::BadSignature,
+        Reject::OtherNetwork,
+        Reject::TooLarge,
+        Reject::BadName,
+    ] {
+        assert!(
+            report.rejected[reason.label()] >= 1,
+            "{reason:?}: {:?}",
+            report.rejected
+        );
+    }
+    assert_eq!(report.rejected["stale_version"], 2);
+    assert_eq!(report.committed.uploaded, 1);
     a.shutdown().await;
 }
 
@@ -208,6 +226,7 @@ fn raw_peer(net: &TestNetwork) -> Transport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_and_frames_from_a_peer_are_refused_and_store_nothing() {
+    captured_logs();
     let net = TestNetwork::new();
     let a = agent(&net).await;
     let raw = raw_peer(&net);
@@ -286,6 +305,19 @@ async fn items_and_frames_from_a_peer_are_refused_and_store_nothing() {
     }
     nothing_stored(&a, "app.conf");
     nothing_stored(&a, "nope");
+    // Each kind of refusal is logged (once per reason and interval), naming the reason.
+    let logs = logs_text();
+    for reason in [
+        "bad signature",
+        "item belongs to another network",
+        "file name is not configured",
+    ] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("refused items from peers") && l.contains(reason)),
+            "{reason} not logged:\n{logs}"
+        );
+    }
     let (_, own_record) = a
         .replication()
         .get(&ItemKey::Node {

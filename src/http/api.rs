@@ -115,3 +115,47 @@ pub struct FileInfo {
     /// Whether the current version is a delete.
     pub deleted: bool,
 }
+
+/// `GET /api/replication`: the state of this node's replica and its counters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Replication {
+    /// Items held (records and files, tombstones included).
+    pub items: usize,
+    /// XOR fingerprint of all of them, hex: equal on two nodes means same state.
+    pub fingerprint: String,
+    /// New winners committed, by where they came from.
+    pub committed: CommitCounts,
+    /// File bodies fetched from peers, and their bytes.
+    pub bodies_fetched: u64,
+    /// Bytes of fetched bodies.
+    pub body_bytes_fetched: u64,
+    /// Body bytes served to peers.
+    pub body_bytes_served: u64,
+    /// Body fetches that failed (retried with another holder or left to anti-entropy).
+    pub fetch_failures: u64,
+    /// Anti-entropy rounds started, and how many found both sides in sync.
+    pub syncs_started: u64,
+    /// Of those, in sync at once.
+    pub syncs_in_sync: u64,
+    /// Items sent to peers by anti-entropy.
+    pub items_sent_by_sync: u64,
+    /// Items dropped because replication was busy (anti-entropy repairs them).
+    pub dropped_busy: u64,
+    /// Refused items by reason (label → count).
+    pub rejected: std::collections::BTreeMap<String, u64>,
+}
+
+/// Commits by origin.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct CommitCounts {
+    /// All.
+    pub total: u64,
+    /// From broadcasts.
+    pub broadcast: u64,
+    /// From anti-entropy.
+    pub sync: u64,
+    /// Uploaded through this node.
+    pub uploaded: u64,
+    /// This node's own records.
+    pub local: u64,
+}

@@ -58,6 +58,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .route("/api/members", get(members))
+        .route("/api/replication", get(replication))
         .route("/api/files", get(files::list))
         .route(
             "/api/files/{name}",
@@ -118,6 +119,36 @@ async fn members(State(state): State<ApiState>) -> Json<api::Members> {
         })
         .collect();
     Json(api::Members { members })
+}
+
+async fn replication(State(state): State<ApiState>) -> Json<api::Replication> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let r = &state.replication;
+    let s = r.stats();
+    let (items, fingerprint) = r.summary();
+    Json(api::Replication {
+        items,
+        fingerprint: blake3::Hash::from_bytes(fingerprint).to_hex().to_string(),
+        committed: api::CommitCounts {
+            total: s.items_committed.load(Relaxed),
+            broadcast: s.items_from_broadcast.load(Relaxed),
+            sync: s.items_from_sync.load(Relaxed),
+            uploaded: s.items_uploaded.load(Relaxed),
+            local: s.items_local.load(Relaxed),
+        },
+        bodies_fetched: s.bodies_fetched.load(Relaxed),
+        body_bytes_fetched: s.body_bytes_fetched.load(Relaxed),
+        body_bytes_served: s.body_bytes_served.load(Relaxed),
+        fetch_failures: s.fetch_failures.load(Relaxed),
+        syncs_started: s.syncs_started.load(Relaxed),
+        syncs_in_sync: s.syncs_in_sync.load(Relaxed),
+        items_sent_by_sync: s.items_sent_by_sync.load(Relaxed),
+        dropped_busy: s.items_dropped_busy.load(Relaxed),
+        rejected: crate::replication::policy::Reject::ALL
+            .iter()
+            .map(|r| (r.label().to_string(), s.rejected(*r)))
+            .collect(),
+    })
 }
 
 /// A node's name from its replicated node-info record.

@@ -179,10 +179,14 @@ impl Actor {
                     Origin::Broadcast => Source::Broadcast,
                     Origin::Sync => Source::Sync,
                 };
+                let what = item.item.meta.key.to_string();
                 if let Err(reason) = self.offer(item, holder, source).await
                     && (reason != Reject::Stale || origin == Origin::Broadcast)
                 {
-                    self.shared.stats.reject(reason);
+                    match holder {
+                        Some(peer) => self.shared.stats.reject_from_peer(reason, &peer, &what),
+                        None => self.shared.stats.reject(reason),
+                    }
                 }
             }
             Command::Upload { item, reply } => {

@@ -71,7 +71,10 @@ impl BroadcastFilter for ItemFilter {
         let wire: WireItem = match codec::decode_exact(data, MAX_BROADCAST_ITEM) {
             Ok(w) => w,
             Err(e) => {
-                stats.reject(Reject::Malformed);
+                match sender {
+                    Some(s) => stats.reject_from_peer(Reject::Malformed, &s.key, "broadcast"),
+                    None => stats.reject(Reject::Malformed),
+                }
                 debug!(error = %e, "undecodable broadcast item");
                 return None;
             }
@@ -85,8 +88,10 @@ impl BroadcastFilter for ItemFilter {
         let verified = match self.shared.policy.verify(&wire, crate::time::unix_ms()) {
             Ok(v) => v,
             Err(reason) => {
-                stats.reject(reason);
-                debug!(from = %sender.key.short(), %reason, "broadcast item rejected");
+                let what = super::item::ItemMeta::decode(&wire.meta)
+                    .map(|m| m.key.to_string())
+                    .unwrap_or_default();
+                stats.reject_from_peer(reason, &sender.key, &what);
                 return None;
             }
         };
@@ -94,7 +99,7 @@ impl BroadcastFilter for ItemFilter {
         let rank = verified.item.meta.rank();
         if let Some(stored) = self.shared.index().get(&key).map(|e| e.rank) {
             if stored > rank {
-                stats.reject(Reject::Stale);
+                stats.reject_from_peer(Reject::Stale, &sender.key, &verified.item.meta.key.to_string());
             }
             if stored >= rank {
                 return None;

@@ -40,6 +40,9 @@ use crate::store::Store;
 pub const COMMAND_CAPACITY: usize = 1024;
 /// Commit notifications buffered per subscriber; a slower subscriber misses the oldest.
 pub const COMMIT_EVENTS_CAPACITY: usize = 1024;
+/// Refusals of items from peers are logged at most once per reason this often, with their
+/// count, so a misconfigured or hostile peer cannot flood the log.
+pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Largest encoded item carried in a SWIM broadcast (leaves room for headers and updates in
 /// a 1150-byte packet).
 pub const MAX_BROADCAST_ITEM: usize = 900;
@@ -81,6 +84,8 @@ pub struct Stats {
     /// Items dropped because the replication task was busy (anti-entropy repairs them).
     pub items_dropped_busy: AtomicU64,
     rejected: [AtomicU64; Reject::ALL.len()],
+    /// Per reason: when a refusal from a peer was last logged, and how many since.
+    peer_log: std::sync::Mutex<[(Option<std::time::Instant>, u64); Reject::ALL.len()]>,
 }
 
 impl Stats {
@@ -91,6 +96,29 @@ impl Stats {
             .position(|r| *r == reason)
             .expect("every reason is listed");
         self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refusal of an item a peer sent, and logs it (rate-limited per reason).
+    /// Stale items are normal when versions race, so they are only logged at debug.
+    pub fn reject_from_peer(&self, reason: Reject, peer: &PublicKey, item: &str) {
+        self.reject(reason);
+        if reason == Reject::Stale {
+            tracing::debug!(peer = %peer.short(), item, "stale item from a peer");
+            return;
+        }
+        let i = Reject::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is listed");
+        let mut log = self.peer_log.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, count) = &mut log[i];
+        *count += 1;
+        let now = std::time::Instant::now();
+        if last.is_none_or(|t| now - t >= REJECT_LOG_INTERVAL) {
+            tracing::warn!(%reason, peer = %peer.short(), item, count = *count, "refused items from peers");
+            *last = Some(now);
+            *count = 0;
+        }
     }
 
     /// Rejections so far for `reason`.

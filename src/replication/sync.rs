@@ -156,8 +156,10 @@ impl Syncer {
                     .await;
             }
             Err(reason) => {
-                self.shared.stats.reject(reason);
-                debug!(peer = %peer.short(), %reason, "item from anti-entropy rejected");
+                let what = super::item::ItemMeta::decode(&wire.meta)
+                    .map(|m| m.key.to_string())
+                    .unwrap_or_default();
+                self.shared.stats.reject_from_peer(reason, &peer, &what);
             }
         }
     }
