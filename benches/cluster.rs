@@ -68,15 +68,13 @@ impl Bench {
                 .map(|(i, _)| i.meta.version + 1)
                 .unwrap_or(0),
         );
-        let meta = ItemMeta {
-            network: *self.network.public().as_bytes(),
-            key: ItemKey::File { name: name.into() },
+        let meta = ItemMeta::file(
+            *self.network.public().as_bytes(),
+            name,
+            body,
+            self.signer.public(),
             version,
-            signer: self.signer.public(),
-            hash: *blake3::hash(body).as_bytes(),
-            size: body.len() as u64,
-            deleted: false,
-        };
+        );
         let envelope = shoal::files::envelope::encode(&SignedItem::sign(meta, &self.signer), body);
         let (tx, mut rx) = tokio::sync::mpsc::channel(agents.len());
         let t0 = Instant::now();

@@ -170,30 +170,20 @@ async fn both_halves_of_a_partition_keep_working_and_converge_after_healing() {
     .await;
 
     // Both halves accept writes, including conflicting ones.
-    assert_eq!(
-        upload(left[0].http_addr, &net, "app.conf", b"written on the left", &net.signer)
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        upload(right[1].http_addr, &net, "shared", b"written on the right", &net.signer)
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        upload(left[2].http_addr, &net, "other", b"left version", &net.signer)
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        upload(right[2].http_addr, &net, "other", b"right version", &net.alt_signer)
-            .await
-            .0,
-        200
-    );
+    let writes: [(&shoal::agent::AgentHandle, &str, &[u8], &shoal::identity::SecretKey); 4] = [
+        (&left[0], "app.conf", b"written on the left", &net.signer),
+        (&right[1], "shared", b"written on the right", &net.signer),
+        (&left[2], "other", b"left version", &net.signer),
+        (&right[2], "other", b"right version", &net.alt_signer),
+    ];
+    for (agent, name, body, signer) in writes {
+        assert_eq!(
+            upload(agent.http_addr, &net, name, body, signer).await.0,
+            200,
+            "{name} on {}",
+            agent.name
+        );
+    }
     converged(left, "app.conf", Some(b"written on the left")).await;
     converged(right, "shared", Some(b"written on the right")).await;
     for a in right {

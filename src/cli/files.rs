@@ -11,7 +11,7 @@ use crate::files::{envelope, validate_file_name};
 use crate::http::api;
 use crate::identity::SecretKey;
 use crate::replication::hlc;
-use crate::replication::item::{ItemKey, ItemMeta, SignedItem, empty_hash};
+use crate::replication::item::{ItemMeta, SignedItem};
 
 /// File commands.
 #[derive(Debug, Subcommand)]
@@ -158,15 +158,7 @@ async fn update(file: &Path, name: Option<String>, key_path: &Path, args: &Clien
     };
     let body = std::fs::read(file).map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
     let (key, network, version) = prepare(&name, key_path, args).await?;
-    let meta = ItemMeta {
-        network,
-        key: ItemKey::File { name: name.clone() },
-        version,
-        signer: key.public(),
-        hash: *blake3::hash(&body).as_bytes(),
-        size: body.len() as u64,
-        deleted: false,
-    };
+    let meta = ItemMeta::file(network, &name, &body, key.public(), version);
     let info = send(&name, reqwest::Method::PUT, &SignedItem::sign(meta, &key), &body, args).await?;
     if !args.json {
         println!(
@@ -182,15 +174,7 @@ async fn update(file: &Path, name: Option<String>, key_path: &Path, args: &Clien
 
 async fn delete(name: &str, key_path: &Path, args: &ClientArgs) -> Result<(), Failure> {
     let (key, network, version) = prepare(name, key_path, args).await?;
-    let meta = ItemMeta {
-        network,
-        key: ItemKey::File { name: name.to_string() },
-        version,
-        signer: key.public(),
-        hash: empty_hash(),
-        size: 0,
-        deleted: true,
-    };
+    let meta = ItemMeta::file_delete(network, name, key.public(), version);
     let info = send(name, reqwest::Method::DELETE, &SignedItem::sign(meta, &key), &[], args).await?;
     if !args.json {
         println!("{}: deleted (version {})", info.name, info.version);

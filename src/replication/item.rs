@@ -163,6 +163,32 @@ pub struct ItemMeta {
 }
 
 impl ItemMeta {
+    /// Meta of a version of file `name` with `content`, signed by `signer` at `version`.
+    pub fn file(network: [u8; 32], name: &str, content: &[u8], signer: PublicKey, version: u64) -> ItemMeta {
+        ItemMeta {
+            network,
+            key: ItemKey::File { name: name.to_string() },
+            version,
+            signer,
+            hash: *blake3::hash(content).as_bytes(),
+            size: content.len() as u64,
+            deleted: false,
+        }
+    }
+
+    /// Meta of the deletion of file `name` (a tombstone), signed by `signer` at `version`.
+    pub fn file_delete(network: [u8; 32], name: &str, signer: PublicKey, version: u64) -> ItemMeta {
+        ItemMeta {
+            network,
+            key: ItemKey::File { name: name.to_string() },
+            version,
+            signer,
+            hash: empty_hash(),
+            size: 0,
+            deleted: true,
+        }
+    }
+
     /// The fixed-layout bytes that get signed.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(160);

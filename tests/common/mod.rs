@@ -15,6 +15,7 @@ use shoal::config::{Config, HostPort};
 use shoal::http::api;
 use shoal::identity::{NodeCertificate, PublicKey, SecretKey, unix_now};
 use shoal::membership::MemberState;
+use shoal::replication::item::{ItemMeta, SignedItem};
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes; panics with `what` on timeout.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
@@ -319,48 +320,13 @@ listen = "127.0.0.1:{http_port}"
 }
 
 /// A signed file item for `name` with `body`, at `version`.
-pub fn signed_file(
-    network: [u8; 32],
-    name: &str,
-    body: &[u8],
-    signer: &SecretKey,
-    version: u64,
-) -> shoal::replication::item::SignedItem {
-    use shoal::replication::item::{ItemKey, ItemMeta, SignedItem};
-    SignedItem::sign(
-        ItemMeta {
-            network,
-            key: ItemKey::File { name: name.to_string() },
-            version,
-            signer: signer.public(),
-            hash: *blake3::hash(body).as_bytes(),
-            size: body.len() as u64,
-            deleted: false,
-        },
-        signer,
-    )
+pub fn signed_file(network: [u8; 32], name: &str, body: &[u8], signer: &SecretKey, version: u64) -> SignedItem {
+    SignedItem::sign(ItemMeta::file(network, name, body, signer.public(), version), signer)
 }
 
 /// A signed delete of `name` at `version`.
-pub fn signed_delete(
-    network: [u8; 32],
-    name: &str,
-    signer: &SecretKey,
-    version: u64,
-) -> shoal::replication::item::SignedItem {
-    use shoal::replication::item::{ItemKey, ItemMeta, SignedItem, empty_hash};
-    SignedItem::sign(
-        ItemMeta {
-            network,
-            key: ItemKey::File { name: name.to_string() },
-            version,
-            signer: signer.public(),
-            hash: empty_hash(),
-            size: 0,
-            deleted: true,
-        },
-        signer,
-    )
+pub fn signed_delete(network: [u8; 32], name: &str, signer: &SecretKey, version: u64) -> SignedItem {
+    SignedItem::sign(ItemMeta::file_delete(network, name, signer.public(), version), signer)
 }
 
 /// Sends an envelope to an agent; returns (status, JSON body).
