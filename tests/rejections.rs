@@ -15,19 +15,30 @@ use shoal::transport::{Claims, Transport, TransportConfig};
 
 const MAX: u64 = 4096;
 
-async fn agent(net: &TestNetwork) -> shoal::agent::AgentHandle {
+/// Starts the agent under test; returns it with its chunk count once its own records are in.
+async fn agent(net: &TestNetwork) -> (shoal::agent::AgentHandle, usize) {
     let mut c = net.config("target");
     c.replication.max_file_size = bytesize::ByteSize::b(MAX);
-    start(c).await
+    let a = start(c).await;
+    eventually(Duration::from_secs(5), "own node record stored", || {
+        a.replication().summary().0 >= 1
+    })
+    .await;
+    let chunks = a.replication().store().chunk_count();
+    (a, chunks)
 }
 
-/// Nothing about `name` is stored: no item, no body chunk, no file.
-fn nothing_stored(a: &shoal::agent::AgentHandle, name: &str) {
+/// Nothing about `name` is stored: no item, no new body chunk, no file.
+fn nothing_stored(a: &shoal::agent::AgentHandle, baseline: usize, name: &str) {
     assert!(
         a.replication().get(&ItemKey::File { name: name.to_string() }).is_none(),
         "{name} stored"
     );
-    assert_eq!(a.replication().store().chunk_count(), 0, "body chunks left behind");
+    assert_eq!(
+        a.replication().store().chunk_count(),
+        baseline,
+        "body chunks left behind"
+    );
     assert!(!a.files_dir().join(name).exists());
 }
 
@@ -42,7 +53,7 @@ fn now_version() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_are_refused_with_a_reason_and_store_nothing() {
     let net = TestNetwork::new();
-    let a = agent(&net).await;
+    let (a, baseline) = agent(&net).await;
     let http = a.http_addr;
     let id = net.network_id();
     let v = now_version();
@@ -132,8 +143,8 @@ async fn uploads_are_refused_with_a_reason_and_store_nothing() {
         assert_eq!(got, status, "{what}: {body}");
         assert_eq!(body["reason"], reason.label(), "{what}: {body}");
         assert_eq!(a.replication().stats().rejected(reason), before + 1, "{what}: counted");
-        nothing_stored(&a, name);
-        nothing_stored(&a, "app.conf");
+        nothing_stored(&a, baseline, name);
+        nothing_stored(&a, baseline, "app.conf");
     }
     // Nothing was written next to the state directory either.
     assert!(!a.files_dir().parent().unwrap().join("evil").exists());
@@ -155,8 +166,8 @@ async fn uploads_are_refused_with_a_reason_and_store_nothing() {
         let (got, body) = send_envelope(http, reqwest::Method::PUT, name, bytes).await;
         assert_eq!(got, 400, "{what}: {body}");
         assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {body}");
-        nothing_stored(&a, "app.conf");
-        nothing_stored(&a, "shared");
+        nothing_stored(&a, baseline, "app.conf");
+        nothing_stored(&a, baseline, "shared");
     }
 
     // Replays: the same upload twice, then an older version, are refused as stale and the
@@ -178,7 +189,11 @@ async fn uploads_are_refused_with_a_reason_and_store_nothing() {
     );
     assert_eq!(a.replication().stats().rejected(Reject::Stale), before + 2);
     assert_eq!(content(http, "app.conf").await.as_deref(), Some(&b"v1"[..]));
-    assert_eq!(a.replication().store().chunk_count(), 1, "only v1's body is stored");
+    assert_eq!(
+        a.replication().store().chunk_count(),
+        baseline + 1,
+        "only v1's body is stored"
+    );
 
     // Operators see the refusals by reason.
     let report: shoal::http::api::Replication = get_json(http, "/api/replication").await.unwrap();
@@ -228,7 +243,7 @@ fn raw_peer(net: &TestNetwork) -> Transport {
 async fn items_and_frames_from_a_peer_are_refused_and_store_nothing() {
     captured_logs();
     let net = TestNetwork::new();
-    let a = agent(&net).await;
+    let (a, baseline) = agent(&net).await;
     let raw = raw_peer(&net);
     raw.connect(a.cluster_addr, Some(a.key)).await.unwrap();
     let id = net.network_id();
@@ -303,8 +318,8 @@ async fn items_and_frames_from_a_peer_are_refused_and_store_nothing() {
         })
         .await;
     }
-    nothing_stored(&a, "app.conf");
-    nothing_stored(&a, "nope");
+    nothing_stored(&a, baseline, "app.conf");
+    nothing_stored(&a, baseline, "nope");
     // Each kind of refusal is logged (once per reason and interval), naming the reason.
     let logs = logs_text();
     for reason in [
@@ -342,7 +357,7 @@ async fn items_and_frames_from_a_peer_are_refused_and_store_nothing() {
             .expect("agent answers");
         assert!(r.is_err() || matches!(r, Ok(None)), "stream refused: {r:?}");
     }
-    nothing_stored(&a, "app.conf");
+    nothing_stored(&a, baseline, "app.conf");
     let health: shoal::http::api::Health = get_json(a.http_addr, "/api/health").await.unwrap();
     assert_eq!(health.name, "target");
     raw.abort();

@@ -81,6 +81,8 @@ struct Actor {
     hlc: hlc::Hlc,
     pending: HashMap<Vec<u8>, Pending>,
     fetching: HashSet<[u8; 32]>,
+    /// Committed items per body hash; a body is deleted when its count drops to zero.
+    refs: HashMap<[u8; 32], usize>,
     queue: VecDeque<Vec<u8>>,
     syncs_running: usize,
     last_triggered_sync: Option<Instant>,
@@ -101,13 +103,25 @@ pub fn spawn(
 ) -> Result<tokio::task::JoinHandle<()>, crate::store::StoreError> {
     let ActorParts { rx, tx, shared } = parts;
     let mut floor = shared.store.clock()?;
+    let mut refs: HashMap<[u8; 32], usize> = HashMap::new();
     {
         let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
         for entry in shared.store.items() {
             let (key, raw) = entry?;
             match super::decode_stored(&raw) {
-                Some((item, _)) => {
+                Some((item, content)) => {
                     floor = floor.max(item.meta.version);
+                    if !item.meta.deleted {
+                        *refs.entry(item.meta.hash).or_default() += 1;
+                        // Items stored with their content inline (older layout) move it to
+                        // the body store.
+                        if let Some(content) = content
+                            && shared.store.body_size(&item.meta.hash)?.is_none()
+                            && let Ok(mut w) = shared.store.body_writer(item.meta.hash, item.meta.size)
+                        {
+                            let _ = w.write(&content).and_then(|()| w.finish());
+                        }
+                    }
                     index.insert(
                         key.to_vec(),
                         Entry {
@@ -139,6 +153,7 @@ pub fn spawn(
         hlc: hlc::Hlc::new(floor),
         pending: HashMap::new(),
         fetching: HashSet::new(),
+        refs,
         queue: VecDeque::new(),
         syncs_running: 0,
         last_triggered_sync: None,
@@ -193,7 +208,11 @@ impl Actor {
                 let result = self.upload(item).await;
                 let _ = reply.send(result);
             }
-            Command::Publish { kind, content } => self.publish(kind, content).await,
+            Command::Publish {
+                kind,
+                content,
+                broadcast,
+            } => self.publish(kind, content, broadcast).await,
             Command::FetchDone { hash, holder, ok } => self.fetch_done(hash, holder, ok).await,
             Command::SyncDone => self.syncs_running = self.syncs_running.saturating_sub(1),
         }
@@ -243,10 +262,11 @@ impl Actor {
         Ok(())
     }
 
-    /// Whether `item` can be committed without fetching anything; writes inline file content.
+    /// Whether `item` can be committed without fetching anything: a delete, content already
+    /// stored, or content that travelled with it (written to the body store here).
     fn body_ready(&self, v: &Verified) -> bool {
         let meta = &v.item.meta;
-        if meta.deleted || matches!(meta.key, ItemKey::Node { .. }) {
+        if meta.deleted {
             return true;
         }
         if self.shared.store.body_size(&meta.hash).ok().flatten() == Some(meta.size) {
@@ -284,7 +304,7 @@ impl Actor {
         Ok(Committed { version })
     }
 
-    async fn publish(&mut self, kind: RecordKind, content: Vec<u8>) {
+    async fn publish(&mut self, kind: RecordKind, content: Vec<u8>, broadcast: bool) {
         let node = self.secret.public();
         let key = ItemKey::Node { node, kind };
         let hash = *blake3::hash(&content).as_bytes();
@@ -312,7 +332,11 @@ impl Actor {
             item: SignedItem::sign(meta, &self.secret),
             content: Some(content),
         };
-        self.commit(item, Source::Local, true).await;
+        if !self.body_ready(&item) {
+            warn!(item = %item.item.meta.key, "cannot store this node's own record");
+            return;
+        }
+        self.commit(item, Source::Local, broadcast).await;
     }
 
     /// Stores the new winner, updates the index and the files on disk, and (if `announce`)
@@ -320,8 +344,8 @@ impl Actor {
     async fn commit(&mut self, v: Verified, source: Source, announce: bool) {
         let meta = &v.item.meta;
         let key = meta.key.to_bytes();
-        let is_record = matches!(meta.key, ItemKey::Node { .. });
-        let stored = WireItem::new(&v.item, if is_record { v.content.clone() } else { None });
+        // Content lives in the body store (written by `body_ready`); the item keeps the meta.
+        let stored = WireItem::new(&v.item, None);
         let encoded = match crate::codec::encode(&stored) {
             Ok(b) => b,
             Err(e) => {
@@ -356,16 +380,19 @@ impl Actor {
             version: meta.version,
             deleted: meta.deleted,
         });
+        if !meta.deleted {
+            *self.refs.entry(meta.hash).or_default() += 1;
+        }
+        if let Some(old) = old
+            && !old.rank.deleted
+        {
+            self.release(old.rank.hash);
+        }
         if let ItemKey::File { name } = &meta.key {
             if meta.deleted {
                 self.materializer.remove(name);
             } else {
                 self.materializer.write(name, meta.hash, meta.size);
-            }
-            if let Some(old) = old
-                && old.rank.hash != meta.hash
-            {
-                self.collect_body(old.rank.hash);
             }
         }
         if announce {
@@ -380,15 +407,7 @@ impl Actor {
         let content = match (&v.content, meta.deleted) {
             (_, true) => None,
             (Some(c), false) => Some(c.clone()),
-            (None, false) if (meta.size as usize) < MAX_BROADCAST_ITEM => Some(
-                self.shared
-                    .store
-                    .body_chunks(&meta.hash)
-                    .filter_map(Result::ok)
-                    .flat_map(|c| c.to_vec())
-                    .collect(),
-            ),
-            (None, false) => None,
+            (None, false) => self.shared.small_content(&v.item, MAX_BROADCAST_ITEM),
         };
         let with_content = crate::codec::encode(&WireItem::new(&v.item, content)).unwrap_or_default();
         if with_content.len() <= MAX_BROADCAST_ITEM {
@@ -398,19 +417,21 @@ impl Actor {
         }
     }
 
-    /// Deletes a body no current file and no pending item refers to.
+    /// Drops one reference to a body held by a committed item.
+    fn release(&mut self, hash: [u8; 32]) {
+        if let Some(n) = self.refs.get_mut(&hash) {
+            *n -= 1;
+            if *n == 0 {
+                self.refs.remove(&hash);
+                self.collect_body(hash);
+            }
+        }
+    }
+
+    /// Deletes a body that no committed item, pending item or fetch refers to.
     fn collect_body(&self, hash: [u8; 32]) {
-        let referenced = {
-            let index = self.shared.index();
-            let files = super::index::KeyRange {
-                lower: vec![FAMILY_FILE],
-                upper: Some(vec![FAMILY_FILE + 1]),
-            };
-            index
-                .keys(&files)
-                .iter()
-                .any(|(k, _)| index.get(k).is_some_and(|e| e.rank.hash == hash && !e.rank.deleted))
-        } || self.pending.values().any(|p| p.item.item.meta.hash == hash)
+        let referenced = self.refs.contains_key(&hash)
+            || self.pending.values().any(|p| p.item.item.meta.hash == hash)
             || self.fetching.contains(&hash);
         if !referenced && let Err(e) = self.shared.store.remove_body(&hash) {
             debug!(error = %e, "removing an unused body");

@@ -171,6 +171,7 @@ pub(crate) enum Command {
     Publish {
         kind: RecordKind,
         content: Vec<u8>,
+        broadcast: bool,
     },
     FetchDone {
         hash: [u8; 32],
@@ -194,6 +195,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The content of a stored, non-deleted item of at most `limit` bytes.
+    pub fn small_content(&self, item: &item::SignedItem, limit: usize) -> Option<Vec<u8>> {
+        if item.meta.deleted || item.meta.size as usize > limit {
+            return None;
+        }
+        let mut out = Vec::with_capacity(item.meta.size as usize);
+        for chunk in self.store.body_chunks(&item.meta.hash) {
+            out.extend_from_slice(&chunk.ok()?);
+        }
+        (out.len() as u64 == item.meta.size).then_some(out)
+    }
+
     /// Spawns a task that ends when replication stops.
     pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<()>
     where
@@ -253,10 +266,31 @@ impl ReplicationHandle {
         (index.len(), index.fingerprint())
     }
 
-    /// The stored item for `key`, if any.
+    /// The stored item for `key`, if any, with its content when it is a record (files are
+    /// read with [`Store::body_chunks`]).
     pub fn get(&self, key: &ItemKey) -> Option<(item::SignedItem, Option<Vec<u8>>)> {
         let raw = self.shared.store.get_item(&key.to_bytes()).ok()??;
-        decode_stored(&raw)
+        let (item, _) = decode_stored(&raw)?;
+        let content = match key {
+            ItemKey::Node { .. } => self.shared.small_content(&item, policy::MAX_RECORD_SIZE as usize),
+            ItemKey::File { .. } => None,
+        };
+        Some((item, content))
+    }
+
+    /// Every stored record of `kind`, with its content.
+    pub fn records(&self, kind: RecordKind) -> Vec<(item::SignedItem, Vec<u8>)> {
+        self.shared
+            .store
+            .items_with_prefix(&[item::FAMILY_NODE])
+            .filter_map(Result::ok)
+            .filter_map(|(_, raw)| decode_stored(&raw))
+            .filter(|(i, _)| matches!(i.meta.key, ItemKey::Node { kind: k, .. } if k == kind))
+            .filter_map(|(i, _)| {
+                let content = self.shared.small_content(&i, policy::MAX_RECORD_SIZE as usize)?;
+                Some((i, content))
+            })
+            .collect()
     }
 
     /// Every stored item of the file family.
@@ -300,9 +334,30 @@ impl ReplicationHandle {
         self.shared.tasks.wait().await;
     }
 
-    /// Publishes (or replaces) one of this node's own records.
+    /// Publishes (or replaces) one of this node's own records and disseminates it at once.
+    /// Identical content is not published again.
     pub async fn publish(&self, kind: RecordKind, content: Vec<u8>) {
-        let _ = self.cmds.send(Command::Publish { kind, content }).await;
+        let _ = self
+            .cmds
+            .send(Command::Publish {
+                kind,
+                content,
+                broadcast: true,
+            })
+            .await;
+    }
+
+    /// Publishes a record without broadcasting it: peers get it by anti-entropy, at no cost
+    /// to the mesh beyond the reconciliation rounds it runs anyway. For routine refreshes.
+    pub async fn publish_quietly(&self, kind: RecordKind, content: Vec<u8>) {
+        let _ = self
+            .cmds
+            .send(Command::Publish {
+                kind,
+                content,
+                broadcast: false,
+            })
+            .await;
     }
 }
 

@@ -124,9 +124,6 @@ impl Policy {
                 if meta.size > MAX_RECORD_SIZE {
                     return Err(Reject::TooLarge);
                 }
-                if !meta.deleted && wire.content.is_none() {
-                    return Err(Reject::Malformed);
-                }
             }
             ItemKey::File { name } => {
                 let signers = self.files.get(name).ok_or(Reject::UnknownFile)?;
@@ -239,7 +236,8 @@ mod tests {
         let other = SecretKey::generate();
         let forged = WireItem::new(&SignedItem::sign(meta(&other), &other), Some(b"info".to_vec()));
         assert_eq!(p.verify(&forged, NOW), Err(Reject::UnauthorizedSigner));
-        let without_content = WireItem::new(&SignedItem::sign(meta(&node), &node), None);
-        assert_eq!(p.verify(&without_content, NOW), Err(Reject::Malformed));
+        // Large records travel without their content and are fetched like file bodies.
+        let announced = WireItem::new(&SignedItem::sign(meta(&node), &node), None);
+        assert!(p.verify(&announced, NOW).is_ok());
     }
 }

@@ -20,6 +20,9 @@ use crate::identity::PublicKey;
 use crate::store::{BodyError, CHUNK_SIZE};
 use crate::transport::{HandlerFuture, PeerInfo, StreamHandler, Target, Transport, TransportError};
 
+/// Contents up to this size travel inline in reconciliation turns.
+pub const SYNC_INLINE_MAX: usize = 64 * 1024;
+
 /// Why a body fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FetchError {
@@ -115,8 +118,12 @@ impl Syncer {
                 outbox.push_front(key);
                 break;
             }
-            if let Ok(wire) = crate::codec::decode_exact::<WireItem>(&raw, super::protocol::MAX_FRAME) {
-                bytes += raw.len();
+            if let Some((item, _)) = super::decode_stored(&raw) {
+                // Small contents travel with their items (a newcomer gets thousands of records
+                // without a round trip each); larger ones are fetched as bodies.
+                let content = self.shared.small_content(&item, SYNC_INLINE_MAX);
+                let wire = WireItem::new(&item, content);
+                bytes += wire.meta.len() + wire.content.as_ref().map_or(0, Vec::len);
                 items.push(wire);
             }
         }
