@@ -94,6 +94,8 @@ pub struct AgentHandle {
     http_stop: CancellationToken,
     store_dir: PathBuf,
     replication_task: JoinHandle<()>,
+    /// Health report and checks; events derived from membership and reports.
+    side_tasks: Vec<JoinHandle<()>>,
     membership_task: JoinHandle<()>,
     join_task: JoinHandle<()>,
     http_task: JoinHandle<()>,
@@ -146,6 +148,10 @@ impl AgentHandle {
         // Stop joining first, or the join loop would try to rejoin once we have left.
         self.join_task.abort();
         let _ = self.join_task.await;
+        for t in self.side_tasks {
+            t.abort();
+            let _ = t.await;
+        }
         self.membership.leave().await;
         self.http_stop.cancel();
         let _ = self.http_task.await;
@@ -299,6 +305,16 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             return Err(e.into());
         }
     };
+    let events = crate::events::EventLog::open(&store)?;
+    let events_task = crate::events::spawn(events.clone(), membership.clone(), replication.clone());
+    let health_task = crate::health::spawn(crate::health::HealthContext {
+        config: config.health.clone(),
+        replication: replication.clone(),
+        membership: membership.clone(),
+        transport: transport.clone(),
+        state_dir: state_dir.clone(),
+        started_at_ms: crate::time::unix_ms(),
+    });
     let info = NodeInfo {
         name: name.clone(),
         version: crate::VERSION.to_string(),
@@ -326,6 +342,8 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             membership_task.abort();
             join_task.abort();
             replication_task.abort();
+            health_task.abort();
+            events_task.abort();
             return Err(AgentError::Http {
                 addr: config.http.listen,
                 source,
@@ -348,6 +366,8 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         }),
         membership: membership.clone(),
         replication: replication.clone(),
+        events: events.clone(),
+        forget_after: config.health.forget_after,
     });
     let stop = http_stop.clone();
     let http_task = tokio::spawn(async move {
@@ -375,6 +395,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         http_stop,
         store_dir: state_dir,
         replication_task,
+        side_tasks: vec![health_task, events_task],
         membership_task,
         join_task,
         http_task,

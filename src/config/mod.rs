@@ -95,6 +95,99 @@ pub struct Config {
     /// `[replication]`: tuning of signed state replication.
     #[serde(default)]
     pub replication: ReplicationSection,
+    /// `[health]`: this node's health report and checks.
+    #[serde(default)]
+    pub health: HealthSection,
+}
+
+/// `[health]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// How often the report is evaluated (and the default check interval). A report whose
+    /// status or checks changed is sent to the mesh at once. Default 10s.
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// An unchanged report is refreshed this often, quietly (by anti-entropy, not broadcast).
+    /// Default 10m.
+    #[serde(default = "default_health_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    /// A node without a report newer than this is no longer listed. Default 7 days.
+    #[serde(default = "default_health_forget", with = "humantime_serde")]
+    pub forget_after: Duration,
+    /// Checks: `[[health.checks]]`.
+    #[serde(default)]
+    pub checks: Vec<CheckConfig>,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            interval: default_health_interval(),
+            refresh: default_health_refresh(),
+            forget_after: default_health_forget(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_health_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_health_forget() -> Duration {
+    Duration::from_secs(7 * 86400)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_expect_status() -> u16 {
+    200
+}
+
+/// Kind of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    /// GET a URL and compare the status.
+    Http,
+    /// Open a TCP connection.
+    Tcp,
+    /// Run a command; exit status 0 is ok.
+    Command,
+}
+
+/// One `[[health.checks]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// Name, unique on this node: 1-63 characters from A-Z a-z 0-9 . _ -.
+    pub name: String,
+    /// `http`, `tcp` or `command`.
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    /// http: the URL to GET.
+    pub url: Option<String>,
+    /// http: the expected status. Default 200.
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+    /// tcp: `host:port`.
+    pub address: Option<String>,
+    /// command: argv (no shell).
+    pub command: Option<Vec<String>>,
+    /// How often to run it. Default: `[health] interval`.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Longest a run may take. Default 5s.
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Failures in a row tolerated before the check is failing. Default 0.
+    #[serde(default)]
+    pub retries: u32,
+    /// Optional group, for display.
+    pub group: Option<String>,
 }
 
 /// `[replication]` section.
@@ -468,6 +561,62 @@ impl Config {
                 "must be above zero".into(),
             ));
         }
+        let mut names = std::collections::HashSet::new();
+        for (i, check) in self.health.checks.iter().enumerate() {
+            let key = format!("checks[{i}]");
+            let bad = |message: String| invalid("health", &key, message);
+            validate_node_name(&check.name).map_err(|_| {
+                bad(format!(
+                    "invalid check name {:?}: use 1-63 characters from A-Z a-z 0-9 . _ -",
+                    check.name
+                ))
+            })?;
+            if !names.insert(check.name.as_str()) {
+                return Err(bad(format!("duplicate check name {:?}", check.name)));
+            }
+            match check.kind {
+                CheckType::Http => match &check.url {
+                    Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
+                    _ => {
+                        return Err(bad(format!(
+                            "{}: an http check needs url = \"http(s)://...\"",
+                            check.name
+                        )));
+                    }
+                },
+                CheckType::Tcp => {
+                    let ok = check
+                        .address
+                        .as_deref()
+                        .and_then(|a| a.rsplit_once(':'))
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                    if !ok {
+                        return Err(bad(format!(
+                            "{}: a tcp check needs address = \"host:port\"",
+                            check.name
+                        )));
+                    }
+                }
+                CheckType::Command => {
+                    if check.command.as_ref().is_none_or(|c| c.is_empty() || c[0].is_empty()) {
+                        return Err(bad(format!(
+                            "{}: a command check needs command = [\"program\", \"arg\", ...]",
+                            check.name
+                        )));
+                    }
+                }
+            }
+            if check.timeout.is_zero() || check.interval.is_some_and(|i| i.is_zero()) {
+                return Err(bad(format!("{}: timeout and interval must be above zero", check.name)));
+            }
+        }
+        if self.health.interval.is_zero() || self.health.refresh < self.health.interval {
+            return Err(invalid(
+                "health",
+                "refresh",
+                "interval must be above zero and refresh at least interval".into(),
+            ));
+        }
         if net.network_key.is_some() && net.name.is_some() {
             return Err(invalid(
                 "network",
@@ -576,6 +725,11 @@ impl Config {
             replication: ReplicationSection {
                 anti_entropy_interval: Duration::from_secs(2),
                 ..ReplicationSection::default()
+            },
+            health: HealthSection {
+                interval: Duration::from_secs(1),
+                refresh: Duration::from_secs(5),
+                ..HealthSection::default()
             },
         }
     }
@@ -718,6 +872,30 @@ mod tests {
         let a = parse(ALLOW).unwrap();
         let b = parse(&format!("{ALLOW}name = \"other\"\n")).unwrap();
         assert_ne!(a.network_id(), b.network_id());
+    }
+
+    #[test]
+    fn health_checks() {
+        let c = parse(&format!("{ALLOW}[[health.checks]]\nname = \"api\"\ntype = \"http\"\nurl = \"http://127.0.0.1:8080/\"\nretries = 2\n[[health.checks]]\nname = \"db\"\ntype = \"tcp\"\naddress = \"db.internal:5432\"\ngroup = \"data\"\n")).unwrap();
+        assert_eq!(c.health.checks.len(), 2);
+        assert_eq!(c.health.checks[0].expect_status, 200);
+        for (text, needle) in [
+            ("name = \"x\"\ntype = \"http\"\n", "needs url"),
+            ("name = \"x\"\ntype = \"tcp\"\naddress = \"nohost\"\n", "needs address"),
+            ("name = \"x\"\ntype = \"command\"\ncommand = []\n", "needs command"),
+            (
+                "name = \"x y\"\ntype = \"tcp\"\naddress = \"a:1\"\n",
+                "invalid check name",
+            ),
+            ("name = \"x\"\ntype = \"ping\"\n", "unknown variant"),
+        ] {
+            let err = parse(&format!("{ALLOW}[[health.checks]]\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        let err = parse(&format!("{ALLOW}[[health.checks]]\nname = \"a\"\ntype = \"tcp\"\naddress = \"h:1\"\n[[health.checks]]\nname = \"a\"\ntype = \"tcp\"\naddress = \"h:2\"\n")).unwrap_err().to_string();
+        assert!(err.contains("duplicate"), "{err}");
     }
 
     #[test]

@@ -159,3 +159,73 @@ pub struct CommitCounts {
     /// This node's own records.
     pub local: u64,
 }
+
+/// `GET /api/nodes`: every node with its latest health report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Nodes {
+    /// Nodes ordered by name.
+    pub nodes: Vec<NodeView>,
+}
+
+/// One node as this node knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Name, from its certificate or its node record.
+    pub name: Option<String>,
+    /// Key.
+    pub key: PublicKey,
+    /// Its state in this node's membership view; null once forgotten by membership.
+    pub state: Option<MemberState>,
+    /// Whether the mesh considers it up (alive).
+    pub up: bool,
+    /// Whether it is the node answering.
+    pub local: bool,
+    /// Cluster address.
+    pub addr: Option<SocketAddr>,
+    /// Its latest signed health report.
+    pub report: Option<crate::health::report::HealthReport>,
+    /// Seconds since that report was made.
+    pub report_age_secs: Option<u64>,
+}
+
+/// `GET /api/graph`: who reaches whom, as each side reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Graph {
+    /// Nodes.
+    pub nodes: Vec<GraphNode>,
+    /// Directed edges: `from`'s view of `to`.
+    pub edges: Vec<GraphEdge>,
+}
+
+/// A graph node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GraphNode {
+    /// Key.
+    pub key: PublicKey,
+    /// Name.
+    pub name: Option<String>,
+    /// Whether the mesh (this node's view) considers it up.
+    pub up: bool,
+}
+
+/// A graph edge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GraphEdge {
+    /// The reporting node.
+    pub from: PublicKey,
+    /// The node it reports on.
+    pub to: PublicKey,
+    /// `to`'s state in `from`'s view.
+    pub state: MemberState,
+    /// Round-trip time of `from`'s connection to `to`, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Age of the report the edge comes from, seconds.
+    pub age_secs: u64,
+}
+
+/// `GET /api/events`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Events {
+    /// Oldest first.
+    pub events: Vec<crate::events::Event>,
+}

@@ -21,7 +21,7 @@ use crate::replication::policy::{Reject, Verified};
 pub struct Failure(StatusCode, api::ApiError);
 
 impl Failure {
-    fn new(status: StatusCode, error: impl Into<String>) -> Failure {
+    pub(super) fn new(status: StatusCode, error: impl Into<String>) -> Failure {
         Failure(
             status,
             api::ApiError {

@@ -3,6 +3,7 @@
 
 pub mod api;
 mod files;
+mod nodes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +48,10 @@ pub struct ApiState {
     pub membership: MembershipHandle,
     /// Replicated state.
     pub replication: ReplicationHandle,
+    /// The event log.
+    pub events: std::sync::Arc<crate::events::EventLog>,
+    /// Nodes with no report newer than this are not listed (`[health] forget_after`).
+    pub forget_after: std::time::Duration,
 }
 
 /// Request bodies beyond the largest file get this much room for the envelope around it.
@@ -59,6 +64,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/health", get(health))
         .route("/api/members", get(members))
         .route("/api/replication", get(replication))
+        .route("/api/nodes", get(nodes::list))
+        .route("/api/nodes/{name}", get(nodes::one))
+        .route("/api/graph", get(nodes::graph))
+        .route("/api/events", get(nodes::events))
+        .route("/api/events/stream", get(nodes::stream))
         .route("/api/files", get(files::list))
         .route(
             "/api/files/{name}",
@@ -152,7 +162,7 @@ async fn replication(State(state): State<ApiState>) -> Json<api::Replication> {
 }
 
 /// A node's name from its replicated node-info record.
-fn node_name(replication: &ReplicationHandle, node: &PublicKey) -> Option<String> {
+pub(crate) fn node_name(replication: &ReplicationHandle, node: &PublicKey) -> Option<String> {
     let (_, content) = replication.get(&ItemKey::Node {
         node: *node,
         kind: RecordKind::NodeInfo,

@@ -42,12 +42,15 @@ pub fn empty_hash() -> [u8; 32] {
 pub enum RecordKind {
     /// Name, version and address of a node.
     NodeInfo = 1,
+    /// The node's health report.
+    Health = 2,
 }
 
 impl RecordKind {
     fn from_byte(b: u8) -> Option<RecordKind> {
         match b {
             1 => Some(RecordKind::NodeInfo),
+            2 => Some(RecordKind::Health),
             _ => None,
         }
     }
@@ -56,6 +59,7 @@ impl RecordKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             RecordKind::NodeInfo => "node_info",
+            RecordKind::Health => "health",
         }
     }
 }

@@ -132,6 +132,11 @@ impl Store {
         self.items.scan_prefix(prefix).map(|r| r.map_err(StoreError::from))
     }
 
+    /// A tree of its own for a layer that keeps its own data (e.g. the event log).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// Flushes everything to disk without blocking the async runtime.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;

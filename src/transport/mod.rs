@@ -327,6 +327,16 @@ impl Transport {
         })
     }
 
+    /// Round-trip time of the open connection to each peer (QUIC's own estimate).
+    pub fn links(&self) -> Vec<(PublicKey, Duration)> {
+        self.lock()
+            .conns
+            .iter()
+            .filter(|(_, pc)| pc.conn.close_reason().is_none())
+            .map(|(k, pc)| (*k, pc.conn.rtt()))
+            .collect()
+    }
+
     /// Peers with a cached connection.
     pub fn connected_peers(&self) -> Vec<PeerInfo> {
         self.lock().conns.values().map(|p| p.info.clone()).collect()

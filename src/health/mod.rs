@@ -1,0 +1,129 @@
+//! This node's health: configured checks, machine facts, and the view of its peers, published
+//! as a signed `RecordKind::Health` record.
+//!
+//! The report is evaluated every `[health] interval` and whenever a check changes state.
+//! A change of status or of a check is broadcast at once; slower drift (membership view, load,
+//! memory, disk) is published quietly (anti-entropy spreads it), at most once per interval;
+//! an unchanged report is refreshed quietly every `[health] refresh`. Per-node records cost
+//! every node something on every other node, so the mesh only hears what matters, quickly.
+
+pub mod checks;
+pub mod report;
+pub mod system;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tracing::{debug, info};
+
+use crate::config::HealthSection;
+use crate::membership::{MemberState, MembershipHandle};
+use crate::replication::ReplicationHandle;
+use crate::replication::item::RecordKind;
+use crate::transport::Transport;
+use checks::CheckResult;
+use report::{Change, HealthReport, MemberCounts, PeerLink};
+
+/// What the health task needs from the rest of the agent.
+pub struct HealthContext {
+    /// `[health]`.
+    pub config: HealthSection,
+    /// To publish the report.
+    pub replication: ReplicationHandle,
+    /// For the view of peers.
+    pub membership: MembershipHandle,
+    /// For RTTs.
+    pub transport: Transport,
+    /// Whose filesystem is reported.
+    pub state_dir: PathBuf,
+    /// Agent start, Unix ms.
+    pub started_at_ms: u64,
+}
+
+/// Starts the health task (and one task per check).
+pub fn spawn(ctx: HealthContext) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(ctx))
+}
+
+async fn run(ctx: HealthContext) {
+    let mut tasks = JoinSet::new();
+    let (initial, mut results) = checks::spawn_all(&ctx.config.checks, ctx.config.interval, &mut tasks);
+    let mut latest: Vec<CheckResult> = initial;
+    let mut published: Option<HealthReport> = None;
+    let mut published_at = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(ctx.config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(result) = results.recv() => {
+                let changed = latest.iter().find(|c| c.name == result.name).is_some_and(|c| c.status != result.status);
+                if let Some(slot) = latest.iter_mut().find(|c| c.name == result.name) {
+                    *slot = result;
+                }
+                if !changed {
+                    continue;
+                }
+            }
+        }
+        let report = build(&ctx, &latest);
+        let since = published_at.elapsed();
+        let change = report::compare(published.as_ref(), &report);
+        let publish = match change {
+            Change::Significant => Some(true),
+            Change::Quiet if since >= ctx.config.interval => Some(false),
+            _ if since >= ctx.config.refresh => Some(false),
+            _ => None,
+        };
+        let Some(broadcast) = publish else { continue };
+        let Ok(content) = crate::codec::encode(&report) else {
+            continue;
+        };
+        if broadcast {
+            if published.as_ref().is_some_and(|p| p.status != report.status) {
+                info!(status = ?report.status, "health status changed");
+            }
+            ctx.replication.publish(RecordKind::Health, content).await;
+        } else {
+            debug!("refreshing the health report quietly");
+            ctx.replication.publish_quietly(RecordKind::Health, content).await;
+        }
+        published = Some(report);
+        published_at = tokio::time::Instant::now();
+    }
+}
+
+fn build(ctx: &HealthContext, checks: &[CheckResult]) -> HealthReport {
+    let snapshot = ctx.membership.snapshot();
+    let rtts: HashMap<_, Duration> = ctx.transport.links().into_iter().collect();
+    let mut counts = MemberCounts::default();
+    let mut peers = Vec::new();
+    for m in &snapshot.members {
+        match m.state {
+            MemberState::Alive => counts.alive += 1,
+            MemberState::Suspect => counts.suspect += 1,
+            MemberState::Down => counts.down += 1,
+        }
+        if !m.local {
+            peers.push(PeerLink {
+                key: m.id.key,
+                state: m.state,
+                rtt_us: rtts.get(&m.id.key).map(|d| d.as_micros().min(u32::MAX as u128) as u32),
+            });
+        }
+    }
+    HealthReport {
+        status: HealthReport::status_of(checks),
+        version: crate::VERSION.to_string(),
+        started_at_ms: ctx.started_at_ms,
+        reported_at_ms: crate::time::unix_ms(),
+        load: system::load(),
+        memory: system::memory(),
+        disk: system::disk(&ctx.state_dir),
+        members: counts,
+        peers,
+        checks: checks.to_vec(),
+    }
+}

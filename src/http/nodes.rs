@@ -1,0 +1,170 @@
+//! The mesh view: nodes with their health, the reachability graph, and events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use serde::Deserialize;
+
+use super::files::Failure;
+use super::{ApiState, api};
+use crate::health::report::HealthReport;
+use crate::identity::PublicKey;
+use crate::membership::MemberState;
+use crate::replication::item::{ItemKey, RecordKind};
+
+/// Events returned by one `GET /api/events` at most.
+pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
+
+fn reports(state: &ApiState) -> HashMap<PublicKey, HealthReport> {
+    state
+        .replication
+        .records(RecordKind::Health)
+        .into_iter()
+        .filter_map(|(item, content)| match item.meta.key {
+            ItemKey::Node { node, .. } => Some((node, crate::codec::decode_exact(&content, 64 * 1024).ok()?)),
+            ItemKey::File { .. } => None,
+        })
+        .collect()
+}
+
+fn all_nodes(state: &ApiState) -> Vec<api::NodeView> {
+    let now = crate::time::unix_ms();
+    let snapshot = state.membership.snapshot();
+    let mut reports = reports(state);
+    let mut nodes: BTreeMap<PublicKey, api::NodeView> = BTreeMap::new();
+    for m in &snapshot.members {
+        nodes.insert(
+            m.id.key,
+            api::NodeView {
+                name: m
+                    .name
+                    .clone()
+                    .or_else(|| super::node_name(&state.replication, &m.id.key)),
+                key: m.id.key,
+                state: Some(m.state),
+                up: m.state == MemberState::Alive,
+                local: m.local,
+                addr: Some(m.id.addr),
+                report: reports.remove(&m.id.key),
+                report_age_secs: None,
+            },
+        );
+    }
+    // Nodes membership has forgotten stay listed, down, with their last report, until the
+    // report is older than `[health] forget_after`.
+    for (key, report) in reports {
+        if now.saturating_sub(report.reported_at_ms) > state.forget_after.as_millis() as u64 {
+            continue;
+        }
+        nodes.insert(
+            key,
+            api::NodeView {
+                name: super::node_name(&state.replication, &key),
+                key,
+                state: None,
+                up: false,
+                local: false,
+                addr: None,
+                report: Some(report),
+                report_age_secs: None,
+            },
+        );
+    }
+    let mut list: Vec<api::NodeView> = nodes.into_values().collect();
+    for n in &mut list {
+        n.report_age_secs = n.report.as_ref().map(|r| now.saturating_sub(r.reported_at_ms) / 1000);
+    }
+    list.sort_by(|a, b| a.name.cmp(&b.name).then(a.key.cmp(&b.key)));
+    list
+}
+
+pub(super) async fn list(State(state): State<ApiState>) -> Json<api::Nodes> {
+    Json(api::Nodes {
+        nodes: all_nodes(&state),
+    })
+}
+
+/// `GET /api/nodes/{name}`: by name, or by base64 key.
+pub(super) async fn one(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<api::NodeView>, Failure> {
+    all_nodes(&state)
+        .into_iter()
+        .find(|n| n.name.as_deref() == Some(name.as_str()) || n.key.to_string() == name)
+        .map(Json)
+        .ok_or_else(|| Failure::new(StatusCode::NOT_FOUND, format!("no node named {name}")))
+}
+
+pub(super) async fn graph(State(state): State<ApiState>) -> Json<api::Graph> {
+    let now = crate::time::unix_ms();
+    let nodes = all_nodes(&state);
+    let mut edges = Vec::new();
+    for n in &nodes {
+        let Some(report) = &n.report else { continue };
+        for p in &report.peers {
+            edges.push(api::GraphEdge {
+                from: n.key,
+                to: p.key,
+                state: p.state,
+                rtt_ms: p.rtt_us.map(|us| us as f64 / 1000.0),
+                age_secs: now.saturating_sub(report.reported_at_ms) / 1000,
+            });
+        }
+    }
+    Json(api::Graph {
+        nodes: nodes
+            .into_iter()
+            .map(|n| api::GraphNode {
+                key: n.key,
+                name: n.name,
+                up: n.up,
+            })
+            .collect(),
+        edges,
+    })
+}
+
+/// Query of `GET /api/events`.
+#[derive(Debug, Deserialize)]
+pub(super) struct EventsQuery {
+    /// Only events after this sequence number.
+    #[serde(default)]
+    since: u64,
+    /// At most this many (the newest).
+    limit: Option<usize>,
+}
+
+pub(super) async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> Json<api::Events> {
+    let limit = q.limit.unwrap_or(100).min(MAX_EVENTS_PER_REQUEST);
+    Json(api::Events {
+        events: state.events.recent(q.since, limit),
+    })
+}
+
+/// `GET /api/events/stream`: server-sent events, one `event` message per event.
+pub(super) async fn stream(
+    State(state): State<ApiState>,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = state.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    let data = serde_json::to_string(&e).unwrap_or_default();
+                    return Some((
+                        Ok(SseEvent::default().event("event").id(e.seq.to_string()).data(data)),
+                        rx,
+                    ));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,198 @@
+//! Health reports, the mesh view and events over real QUIC between in-process agents.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use shoal::health::checks::CheckStatus;
+use shoal::health::report::NodeStatus;
+use shoal::http::api;
+
+async fn nodes(http: std::net::SocketAddr) -> Vec<api::NodeView> {
+    get_json::<api::Nodes>(http, "/api/nodes")
+        .await
+        .map(|n| n.nodes)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_lists_four_healthy_nodes_with_recent_reports_and_a_graph() {
+    let net = TestNetwork::new();
+    let agents = cluster(&net, 4).await;
+    for a in &agents {
+        let http = a.http_addr;
+        wait_until(
+            Duration::from_secs(20),
+            &format!("{} lists 4 healthy nodes", a.name),
+            || async move {
+                let list = nodes(http).await;
+                list.len() == 4
+                    && list.iter().all(|n| {
+                        n.up && n
+                            .report
+                            .as_ref()
+                            .is_some_and(|r| r.status == NodeStatus::Ok && r.members.alive == 4)
+                            && n.report_age_secs.is_some_and(|age| age < 30)
+                    })
+            },
+        )
+        .await;
+    }
+    let list = nodes(agents[0].http_addr).await;
+    let mut names: Vec<_> = list.iter().filter_map(|n| n.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["n0", "n1", "n2", "n3"]);
+    let local = list.iter().find(|n| n.local).unwrap();
+    let r = local.report.as_ref().unwrap();
+    assert!(r.memory.is_some() && r.disk.is_some() && r.load.is_some());
+    assert_eq!(r.version, shoal::VERSION);
+
+    // The graph has every directed edge, alive, with an RTT.
+    let http = agents[2].http_addr;
+    wait_until(Duration::from_secs(20), "full graph with RTTs", || async move {
+        let g: api::Graph = match get_json(http, "/api/graph").await {
+            Ok(g) => g,
+            Err(_) => return false,
+        };
+        g.nodes.len() == 4
+            && g.edges.len() == 12
+            && g.edges
+                .iter()
+                .all(|e| e.state == shoal::membership::MemberState::Alive && e.rtt_ms.is_some_and(|r| r > 0.0))
+    })
+    .await;
+    let one: api::NodeView = get_json(agents[1].http_addr, "/api/nodes/n3").await.unwrap();
+    assert_eq!(one.name.as_deref(), Some("n3"));
+    for a in agents {
+        a.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_command_check_shows_as_failing_on_every_node() {
+    let net = TestNetwork::new();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("healthy");
+    std::fs::write(&flag, b"").unwrap();
+    let mut agents = cluster(&net, 2).await;
+    let mut c = net.config("checked");
+    bootstrap(&mut c, &[agents[0].cluster_addr]);
+    c.health.checks = vec![shoal::config::CheckConfig {
+        name: "flag".into(),
+        kind: shoal::config::CheckType::Command,
+        url: None,
+        expect_status: 200,
+        address: None,
+        command: Some(vec!["test".into(), "-e".into(), flag.display().to_string()]),
+        interval: Some(Duration::from_millis(300)),
+        timeout: Duration::from_secs(2),
+        retries: 1,
+        group: Some("demo".into()),
+    }];
+    agents.push(start(c).await);
+    let check_state = |list: &[api::NodeView]| {
+        list.iter()
+            .find(|n| n.name.as_deref() == Some("checked"))
+            .and_then(|n| n.report.as_ref())
+            .and_then(|r| {
+                r.checks
+                    .iter()
+                    .find(|c| c.name == "flag")
+                    .map(|c| (r.status, c.status, c.error.clone()))
+            })
+    };
+    for a in &agents {
+        let http = a.http_addr;
+        wait_until(Duration::from_secs(20), "check ok everywhere", || async move {
+            matches!(
+                check_state(&nodes(http).await),
+                Some((NodeStatus::Ok, CheckStatus::Ok, _))
+            )
+        })
+        .await;
+    }
+    std::fs::remove_file(&flag).unwrap();
+    for a in &agents {
+        let http = a.http_addr;
+        wait_until(
+            Duration::from_secs(20),
+            &format!("check failing on {}", a.name),
+            || async move {
+                matches!(
+                    check_state(&nodes(http).await),
+                    Some((NodeStatus::Degraded, CheckStatus::Failing, Some(_)))
+                )
+            },
+        )
+        .await;
+    }
+    // Every node logged the transition.
+    for a in &agents {
+        let http = a.http_addr;
+        wait_until(Duration::from_secs(10), "events recorded", || async move {
+            let ev: api::Events = get_json(http, "/api/events?limit=1000").await.unwrap();
+            ev.events
+                .iter()
+                .any(|e| e.kind == shoal::events::EventKind::CheckFailing && e.check.as_deref() == Some("flag"))
+                && ev
+                    .events
+                    .iter()
+                    .any(|e| e.kind == shoal::events::EventKind::NodeDegraded)
+        })
+        .await;
+    }
+    std::fs::write(&flag, b"").unwrap();
+    let http = agents[0].http_addr;
+    wait_until(Duration::from_secs(20), "check recovers", || async move {
+        matches!(
+            check_state(&nodes(http).await),
+            Some((NodeStatus::Ok, CheckStatus::Ok, _))
+        )
+    })
+    .await;
+    for a in agents {
+        a.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_longer_than_membership_remembers_stays_listed_with_its_last_report() {
+    let net = TestNetwork::new();
+    let forget = |name: &str| {
+        let mut c = net.config(name);
+        c.cluster.forget_down_after = Duration::from_secs(3);
+        c
+    };
+    let a = start(forget("a")).await;
+    let mut cb = forget("b");
+    bootstrap(&mut cb, &[a.cluster_addr]);
+    let b = start(cb).await;
+    let http = a.http_addr;
+    wait_until(Duration::from_secs(20), "b's report reaches a", || async move {
+        nodes(http)
+            .await
+            .iter()
+            .any(|n| n.name.as_deref() == Some("b") && n.report.is_some())
+    })
+    .await;
+    let key = b.key;
+    b.kill().await;
+    eventually(Duration::from_secs(20), "b forgotten by membership", || {
+        state_of(&a, &key).is_none()
+    })
+    .await;
+    let list = nodes(http).await;
+    let b_view = list.iter().find(|n| n.key == key).expect("still listed");
+    assert!(
+        !b_view.up && b_view.state.is_none() && b_view.report.is_some(),
+        "{b_view:?}"
+    );
+    let ev: api::Events = get_json(http, "/api/events").await.unwrap();
+    assert!(
+        ev.events
+            .iter()
+            .any(|e| e.kind == shoal::events::EventKind::NodeDown && e.node == key)
+    );
+    a.shutdown().await;
+}
