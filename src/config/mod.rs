@@ -728,7 +728,7 @@ impl Config {
             },
             health: HealthSection {
                 interval: Duration::from_secs(1),
-                refresh: Duration::from_secs(5),
+                refresh: Duration::from_secs(30),
                 ..HealthSection::default()
             },
         }
