@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -30,6 +30,9 @@ use crate::transport::{self, Claims, Transport, TransportConfig, TransportError}
 /// Capacity of the membership → replication event channel (events are hints; extra ones
 /// are dropped).
 pub const MEMBER_EVENTS_CAPACITY: usize = 256;
+
+/// How long stopping waits for HTTP requests in progress.
+pub const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Warn about our own certificate when it expires sooner than this.
 pub const CERT_EXPIRY_WARNING_SECS: u64 = 14 * 24 * 3600;
@@ -154,7 +157,7 @@ impl AgentHandle {
         }
         self.membership.leave().await;
         self.http_stop.cancel();
-        let _ = self.http_task.await;
+        stop_http(self.http_task).await;
         self.transport.close().await;
         let _ = self.membership_task.await;
         self.replication.stop().await;
@@ -167,16 +170,29 @@ impl AgentHandle {
     /// Stops everything at once without leaving, as a crash would (peers must detect it).
     pub async fn kill(self) {
         self.transport.abort();
-        self.http_stop.cancel();
-        for t in [
-            self.join_task,
-            self.membership_task,
-            self.http_task,
-            self.replication_task,
-        ] {
+        self.join_task.abort();
+        self.membership_task.abort();
+        for t in self.side_tasks {
             t.abort();
             let _ = t.await;
         }
+        let _ = self.join_task.await;
+        let _ = self.membership_task.await;
+        // The local API is stopped gracefully (bounded): aborting axum's task would leave its
+        // connection tasks, and with them the store, alive until clients hang up.
+        self.http_stop.cancel();
+        stop_http(self.http_task).await;
+        self.replication.stop().await;
+        let _ = self.replication_task.await;
+        self.transport.stopped().await;
+    }
+}
+
+/// Waits (bounded) for the HTTP server, already told to stop, to finish its requests.
+async fn stop_http(mut task: JoinHandle<()>) {
+    if tokio::time::timeout(HTTP_STOP_TIMEOUT, &mut task).await.is_err() {
+        warn!("HTTP requests did not finish in time; dropping them");
+        task.abort();
     }
 }
 
@@ -315,12 +331,35 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         state_dir: state_dir.clone(),
         started_at_ms: crate::time::unix_ms(),
     });
+    let network_id = config.network_id();
+    transport.set_stream_handler(Arc::new(crate::rpc::Dispatcher::new(
+        replication.syncer(transport.clone()),
+        Arc::new(crate::notify::confirm::MeshConfirmer {
+            membership: membership.clone(),
+            replication: replication.clone(),
+        }),
+    )));
+    let notify_task = crate::notify::spawn(crate::notify::NotifyContext {
+        webhooks: config.notify.webhooks.clone(),
+        network_id,
+        local: key,
+        membership: membership.clone(),
+        replication: replication.clone(),
+        transport: transport.clone(),
+        events: events.clone(),
+    });
     let info = NodeInfo {
         name: name.clone(),
         version: crate::VERSION.to_string(),
         addr: cluster_addr,
         generation,
         started_at_ms: crate::time::unix_ms(),
+        webhooks: config
+            .notify
+            .webhooks
+            .iter()
+            .map(|h| crate::notify::hook_id(&network_id, h))
+            .collect(),
     };
     if let Ok(content) = crate::codec::encode(&info) {
         replication.publish(RecordKind::NodeInfo, content).await;
@@ -344,6 +383,9 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             replication_task.abort();
             health_task.abort();
             events_task.abort();
+            if let Some(t) = &notify_task {
+                t.abort();
+            }
             return Err(AgentError::Http {
                 addr: config.http.listen,
                 source,
@@ -395,7 +437,10 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         http_stop,
         store_dir: state_dir,
         replication_task,
-        side_tasks: vec![health_task, events_task],
+        side_tasks: [Some(health_task), Some(events_task), notify_task]
+            .into_iter()
+            .flatten()
+            .collect(),
         membership_task,
         join_task,
         http_task,

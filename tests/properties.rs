@@ -7,8 +7,9 @@ use shoal::identity::{NodeCertificate, PublicKey, SecretKey};
 use shoal::membership::{FocaCodec, NodeId};
 use shoal::replication::index::{Entry, Index, KeyRange};
 use shoal::replication::item::{ItemKey, ItemMeta, Rank, RecordKind, SignedItem, WireItem};
-use shoal::replication::protocol::{MAX_FRAME, Request, Turn};
+use shoal::replication::protocol::{MAX_FRAME, Turn};
 use shoal::replication::reconcile::{self, Range, RangeBody};
+use shoal::rpc::Request;
 
 fn key_from(seed: u8) -> PublicKey {
     SecretKey::from_seed([seed; 32]).public()

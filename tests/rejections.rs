@@ -10,7 +10,8 @@ use common::*;
 use shoal::identity::{Admission, NodeCertificate, SecretKey, unix_now};
 use shoal::replication::item::{ItemKey, ItemMeta, SignedItem, WireItem};
 use shoal::replication::policy::Reject;
-use shoal::replication::protocol::{Request, Turn, write_frame};
+use shoal::replication::protocol::{Turn, write_frame};
+use shoal::rpc::Request;
 use shoal::transport::{Claims, Transport, TransportConfig};
 
 const MAX: u64 = 4096;
@@ -20,8 +21,8 @@ async fn agent(net: &TestNetwork) -> (shoal::agent::AgentHandle, usize) {
     let mut c = net.config("target");
     c.replication.max_file_size = bytesize::ByteSize::b(MAX);
     let a = start(c).await;
-    eventually(Duration::from_secs(5), "own node record stored", || {
-        a.replication().summary().0 >= 1
+    eventually(Duration::from_secs(5), "own node and health records stored", || {
+        a.replication().summary().0 >= 2
     })
     .await;
     let chunks = a.replication().store().chunk_count();
@@ -270,7 +271,24 @@ async fn items_and_frames_from_a_peer_are_refused_and_store_nothing() {
         };
         WireItem::new(&SignedItem::sign(meta, &net.signer), Some(b"lies".to_vec()))
     };
+    let forged_health = {
+        // A health report for the agent, signed by another key.
+        let meta = ItemMeta {
+            network: id,
+            key: ItemKey::Node {
+                node: a.key,
+                kind: shoal::replication::item::RecordKind::Health,
+            },
+            version: v + 10,
+            signer: net.signer.public(),
+            hash: *blake3::hash(b"all is well").as_bytes(),
+            size: 11,
+            deleted: false,
+        };
+        WireItem::new(&SignedItem::sign(meta, &net.signer), Some(b"all is well".to_vec()))
+    };
     let items = [
+        (forged_health, Reject::UnauthorizedSigner),
         (
             wire(&signed_file(id, "nope", b"x", &net.signer, v), b"x"),
             Reject::UnknownFile,

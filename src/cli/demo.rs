@@ -50,6 +50,8 @@ pub async fn run(n: usize) -> i32 {
         config.cluster.probe_period = defaults.probe_period;
         config.cluster.probe_timeout = defaults.probe_timeout;
         config.cluster.suspect_timeout = defaults.suspect_timeout;
+        config.health = Default::default();
+        config.replication = Default::default();
         config.network.network_key = Some(network.public());
         config.network.certificate = Some(cert.to_base64());
         config.http.listen = free_http_port(DEMO_HTTP_BASE_PORT + i as u16 - 1);

@@ -5,6 +5,7 @@ mod client;
 mod demo;
 mod files;
 mod keys;
+mod mesh;
 mod table;
 
 use std::path::PathBuf;
@@ -66,6 +67,10 @@ enum Command {
     Status(client::ClientArgs),
     /// List cluster members as the local agent sees them.
     Members(client::ClientArgs),
+    /// Every node's health: status, version, uptime, load, memory, disk, checks.
+    Nodes(client::ClientArgs),
+    /// Recent events (joins, failures, recoveries, checks); --follow to watch them live.
+    Events(mesh::EventsArgs),
     /// Replicated files: upload (signed), delete, list, read.
     File {
         #[command(subcommand)]
@@ -134,6 +139,8 @@ async fn dispatch(command: Command) -> i32 {
         } => keys::sign(&args),
         Command::Status(args) => client::status(&args).await,
         Command::Members(args) => client::members(&args).await,
+        Command::Nodes(args) => mesh::nodes(&args).await,
+        Command::Events(args) => mesh::events(&args).await,
         Command::File { command } => files::run(command).await,
         Command::Config {
             command: ConfigCommand::Check { path },

@@ -98,6 +98,64 @@ pub struct Config {
     /// `[health]`: this node's health report and checks.
     #[serde(default)]
     pub health: HealthSection,
+    /// `[notify]`: alerts.
+    #[serde(default)]
+    pub notify: NotifySection,
+}
+
+/// `[notify]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    /// `[[notify.webhooks]]`.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// Body format of a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"content": "..."}`.
+    Discord,
+    /// `{"text": "..."}`.
+    Slack,
+    /// The event as JSON.
+    Json,
+}
+
+/// One `[[notify.webhooks]]` entry. Nodes with the same name and URL share the webhook: one
+/// of them (the leader) sends each notification.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Name (shown in logs and APIs instead of the URL).
+    pub name: String,
+    /// Where to POST. Secret: never shown by any API or log.
+    pub url: String,
+    /// Body format.
+    pub format: WebhookFormat,
+    /// Event kinds to send. Default: node_down, node_up, check_failing, check_ok.
+    #[serde(default = "default_webhook_events")]
+    pub events: Vec<String>,
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("name", &self.name)
+            .field("url", &"<redacted>")
+            .field("format", &self.format)
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+fn default_webhook_events() -> Vec<String> {
+    ["node_down", "node_up", "check_failing", "check_ok"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// `[health]` section.
@@ -610,6 +668,38 @@ impl Config {
                 return Err(bad(format!("{}: timeout and interval must be above zero", check.name)));
             }
         }
+        let mut hooks = std::collections::HashSet::new();
+        for (i, hook) in self.notify.webhooks.iter().enumerate() {
+            let key = format!("webhooks[{i}]");
+            let bad = |message: String| invalid("notify", &key, message);
+            validate_node_name(&hook.name).map_err(|_| {
+                bad(format!(
+                    "invalid webhook name {:?}: use 1-63 characters from A-Z a-z 0-9 . _ -",
+                    hook.name
+                ))
+            })?;
+            if !hooks.insert(hook.name.as_str()) {
+                return Err(bad(format!("duplicate webhook name {:?}", hook.name)));
+            }
+            if !(hook.url.starts_with("https://") || hook.url.starts_with("http://"))
+                || reqwest::Url::parse(&hook.url).is_err()
+            {
+                return Err(bad(format!("{}: url must be an http(s) URL", hook.name)));
+            }
+            if hook.events.is_empty() {
+                return Err(bad(format!("{}: events is empty; nothing would be sent", hook.name)));
+            }
+            for e in &hook.events {
+                if !crate::events::EventKind::ALL.iter().any(|k| k.as_str() == e) {
+                    let known: Vec<&str> = crate::events::EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                    return Err(bad(format!(
+                        "{}: unknown event {e:?}; known: {}",
+                        hook.name,
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
         if self.health.interval.is_zero() || self.health.refresh < self.health.interval {
             return Err(invalid(
                 "health",
@@ -731,6 +821,7 @@ impl Config {
                 refresh: Duration::from_secs(30),
                 ..HealthSection::default()
             },
+            notify: NotifySection::default(),
         }
     }
 }
@@ -896,6 +987,32 @@ mod tests {
         }
         let err = parse(&format!("{ALLOW}[[health.checks]]\nname = \"a\"\ntype = \"tcp\"\naddress = \"h:1\"\n[[health.checks]]\nname = \"a\"\ntype = \"tcp\"\naddress = \"h:2\"\n")).unwrap_err().to_string();
         assert!(err.contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn webhooks() {
+        let c = parse(&format!("{ALLOW}[[notify.webhooks]]\nname = \"ops\"\nurl = \"https://discord.com/api/webhooks/1/secret\"\nformat = \"discord\"\n")).unwrap();
+        assert_eq!(c.notify.webhooks[0].events.len(), 4);
+        assert!(
+            !format!("{:?}", c.notify.webhooks[0]).contains("secret"),
+            "Debug never shows the URL"
+        );
+        for (text, needle) in [
+            ("name = \"x\"\nurl = \"ftp://x\"\nformat = \"json\"\n", "http(s) URL"),
+            (
+                "name = \"x\"\nurl = \"https://x\"\nformat = \"teams\"\n",
+                "unknown variant",
+            ),
+            (
+                "name = \"x\"\nurl = \"https://x\"\nformat = \"json\"\nevents = [\"node_exploded\"]\n",
+                "unknown event",
+            ),
+        ] {
+            let err = parse(&format!("{ALLOW}[[notify.webhooks]]\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl Deriver {
         &mut self,
         kind: EventKind,
         node: PublicKey,
+        version: u64,
         id_parts: &[&[u8]],
         check: Option<String>,
         detail: Option<String>,
@@ -111,6 +112,7 @@ impl Deriver {
             node_name,
             check,
             detail,
+            version,
         });
     }
 
@@ -143,7 +145,8 @@ impl Deriver {
             );
             if let (true, Some(kind)) = (emit, kind) {
                 let detail = format!("{}#{}.{}", m.id.addr, m.id.generation, m.id.bump);
-                self.emit(kind, m.id.key, &[&identity], None, Some(detail));
+                let version = (m.id.generation << 16) | m.id.bump as u64;
+                self.emit(kind, m.id.key, version, &[&identity], None, Some(detail));
             }
         }
     }
@@ -164,8 +167,12 @@ impl Deriver {
         let previous = self.reports.insert(node, report.clone());
         let was_degraded = previous.as_ref().is_some_and(|p| p.status == NodeStatus::Degraded);
         match report.status {
-            NodeStatus::Degraded if !was_degraded => self.emit(EventKind::NodeDegraded, node, &[&version], None, None),
-            NodeStatus::Ok if was_degraded => self.emit(EventKind::NodeRecovered, node, &[&version], None, None),
+            NodeStatus::Degraded if !was_degraded => {
+                self.emit(EventKind::NodeDegraded, node, commit.version, &[&version], None, None)
+            }
+            NodeStatus::Ok if was_degraded => {
+                self.emit(EventKind::NodeRecovered, node, commit.version, &[&version], None, None)
+            }
             _ => {}
         }
         for check in &report.checks {
@@ -180,7 +187,14 @@ impl Deriver {
                 _ => None,
             };
             if let Some(kind) = kind {
-                self.emit(kind, node, &[&version], Some(check.name.clone()), check.error.clone());
+                self.emit(
+                    kind,
+                    node,
+                    commit.version,
+                    &[&version],
+                    Some(check.name.clone()),
+                    check.error.clone(),
+                );
             }
         }
     }

@@ -97,6 +97,9 @@ pub struct Event {
     pub check: Option<String>,
     /// Details (a check's error, a node's identity).
     pub detail: Option<String>,
+    /// What another node can check to confirm it: the node's identity (`generation << 16 |
+    /// renewals`) for membership events, the health report version for the others.
+    pub version: u64,
 }
 
 /// Computes an event id from the facts that identify the transition.
@@ -185,6 +188,7 @@ mod tests {
             node_name: Some("n".into()),
             check: None,
             detail: None,
+            version: 0,
         }
     }
 

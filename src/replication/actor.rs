@@ -140,7 +140,6 @@ pub fn spawn(
         tx: tx.clone(),
         transport: transport.clone(),
     };
-    transport.set_stream_handler(Arc::new(syncer.clone()));
     let actor = Actor {
         shared,
         rx,

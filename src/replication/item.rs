@@ -44,6 +44,8 @@ pub enum RecordKind {
     NodeInfo = 1,
     /// The node's health report.
     Health = 2,
+    /// Notifications this node delivered.
+    Notified = 3,
 }
 
 impl RecordKind {
@@ -51,6 +53,7 @@ impl RecordKind {
         match b {
             1 => Some(RecordKind::NodeInfo),
             2 => Some(RecordKind::Health),
+            3 => Some(RecordKind::Notified),
             _ => None,
         }
     }
@@ -60,6 +63,7 @@ impl RecordKind {
         match self {
             RecordKind::NodeInfo => "node_info",
             RecordKind::Health => "health",
+            RecordKind::Notified => "notified",
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod policy;
 pub mod protocol;
 pub mod reconcile;
 pub mod records;
-mod sync;
+pub mod sync;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -325,6 +325,15 @@ impl ReplicationHandle {
     /// Notifications of every commit from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CommitEvent> {
         self.shared.commits.subscribe()
+    }
+
+    /// The serving side of replication streams, for the stream dispatcher.
+    pub fn syncer(&self, transport: crate::transport::Transport) -> sync::Syncer {
+        sync::Syncer {
+            shared: self.shared.clone(),
+            tx: self.cmds.clone(),
+            transport,
+        }
     }
 
     /// Stops the replication task and every task it spawned, and waits for them.

@@ -1,7 +1,7 @@
 //! Messages on QUIC streams between replicas.
 //!
 //! Every message is a frame: `length:u32 (big endian) | codec bytes`. The length is checked
-//! against a limit before anything is allocated. A stream opens with a [`Request`]:
+//! against a limit before anything is allocated. A stream opens with a [`crate::rpc::Request`]:
 //!
 //! - `Reconcile(turn)`: both sides then alternate [`Turn`]s until one answers an empty turn
 //!   with nothing, and closes.
@@ -53,18 +53,6 @@ pub enum ProtocolError {
     /// The peer does not follow the protocol.
     #[error("protocol violation: {0}")]
     Violation(&'static str),
-}
-
-/// First frame of every stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Request {
-    /// Start a reconciliation with this opening turn.
-    Reconcile(Turn),
-    /// Send the body with this hash.
-    GetBody {
-        /// blake3 of the body.
-        hash: [u8; 32],
-    },
 }
 
 /// One side's message in a reconciliation.
@@ -145,9 +133,7 @@ mod tests {
             }],
             want: vec![vec![9]],
         };
-        for req in [Request::Reconcile(turn.clone()), Request::GetBody { hash: [5; 32] }] {
-            let bytes = codec::encode(&req).unwrap();
-            assert_eq!(codec::decode_exact::<Request>(&bytes, MAX_FRAME).unwrap(), req);
-        }
+        let bytes = codec::encode(&turn).unwrap();
+        assert_eq!(codec::decode_exact::<Turn>(&bytes, MAX_FRAME).unwrap(), turn);
     }
 }

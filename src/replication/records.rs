@@ -17,4 +17,6 @@ pub struct NodeInfo {
     pub generation: u64,
     /// Start time of that run, Unix milliseconds.
     pub started_at_ms: u64,
+    /// Webhooks it has configured, as [`crate::notify::hook_id`]s (never the URLs).
+    pub webhooks: Vec<[u8; 16]>,
 }

@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
-use tracing::debug;
 
 use super::item::WireItem;
 use super::protocol::{
-    BodyHeader, FRAME_TIMEOUT, MAX_ROUNDS, MAX_TURN_ITEM_BYTES, ProtocolError, Request, Turn, read_frame, write_frame,
+    BodyHeader, FRAME_TIMEOUT, MAX_ROUNDS, MAX_TURN_ITEM_BYTES, ProtocolError, Turn, read_frame, write_frame,
 };
 use super::{Command, Origin, Shared, reconcile};
 use crate::identity::PublicKey;
+use crate::rpc::Request;
 use crate::store::{BodyError, CHUNK_SIZE};
-use crate::transport::{HandlerFuture, PeerInfo, StreamHandler, Target, Transport, TransportError};
+use crate::transport::{Target, Transport, TransportError};
 
 /// Contents up to this size travel inline in reconciliation turns.
 pub const SYNC_INLINE_MAX: usize = 64 * 1024;
@@ -47,17 +47,18 @@ pub(crate) struct Report {
     pub sent: usize,
 }
 
-/// Runs replication streams. Cheap to clone.
+/// Runs replication streams: anti-entropy sessions, body fetches, and the serving side of
+/// both (dispatched by [`crate::rpc`]). Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Syncer {
-    pub shared: Arc<Shared>,
-    pub tx: mpsc::Sender<Command>,
-    pub transport: Transport,
+pub struct Syncer {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tx: mpsc::Sender<Command>,
+    pub(crate) transport: Transport,
 }
 
 impl Syncer {
     /// Reconciles with `peer` as the initiator.
-    pub async fn reconcile(&self, peer: PublicKey, target: Option<Target>) -> Result<Report, FetchError> {
+    pub(crate) async fn reconcile(&self, peer: PublicKey, target: Option<Target>) -> Result<Report, FetchError> {
         let (mut send, mut recv) = self.transport.open_bi(peer, target).await?;
         let opening = Turn {
             ranges: reconcile::open(&self.shared.index()),
@@ -172,7 +173,7 @@ impl Syncer {
     }
 
     /// Fetches the body `hash` of `size` bytes from `peer` into the store.
-    pub async fn fetch_body(
+    pub(crate) async fn fetch_body(
         &self,
         peer: PublicKey,
         target: Option<Target>,
@@ -212,23 +213,19 @@ impl Syncer {
         Ok(())
     }
 
-    async fn serve(self, peer: PeerInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let result = match read_frame::<Request>(&mut recv).await {
-            Ok(Some(Request::Reconcile(turn))) => self
-                .converse(peer.key, &mut send, &mut recv, Some(turn), false)
-                .await
-                .map(|_| ()),
-            Ok(Some(Request::GetBody { hash })) => self.serve_body(&mut send, hash).await,
-            Ok(None) => Err(ProtocolError::Violation("empty stream")),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            debug!(peer = %peer.key.short(), error = %e, "replication stream failed");
-            let _ = send.reset(2u32.into());
-        }
+    /// Answers a reconciliation a peer opened with `turn`.
+    pub(crate) async fn serve_reconcile(
+        &self,
+        peer: PublicKey,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        turn: Turn,
+    ) -> Result<(), ProtocolError> {
+        self.converse(peer, send, recv, Some(turn), false).await.map(|_| ())
     }
 
-    async fn serve_body(&self, send: &mut quinn::SendStream, hash: [u8; 32]) -> Result<(), ProtocolError> {
+    /// Sends the body `hash` (or a header saying it is not held).
+    pub(crate) async fn serve_body(&self, send: &mut quinn::SendStream, hash: [u8; 32]) -> Result<(), ProtocolError> {
         let size = self.shared.store.body_size(&hash).ok().flatten();
         write_frame(send, &BodyHeader { size }).await?;
         if size.is_some() {
@@ -243,12 +240,6 @@ impl Syncer {
         }
         send.finish()?;
         Ok(())
-    }
-}
-
-impl StreamHandler for Syncer {
-    fn handle(&self, peer: PeerInfo, send: quinn::SendStream, recv: quinn::RecvStream) -> HandlerFuture {
-        Box::pin(self.clone().serve(peer, send, recv))
     }
 }
 

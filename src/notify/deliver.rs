@@ -1,0 +1,67 @@
+//! Webhook bodies and their delivery.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::config::WebhookFormat;
+use crate::events::{Event, EventKind};
+
+/// How long one delivery may take.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A one-line human message for an event.
+pub fn message(event: &Event) -> String {
+    let node = event.node_name.clone().unwrap_or_else(|| event.node.short());
+    let check = event.check.as_deref().unwrap_or("?");
+    let error = event.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
+    match event.kind {
+        EventKind::NodeJoined => format!("ℹ️ {node} joined the mesh"),
+        EventKind::NodeRestarted => format!("ℹ️ {node} restarted"),
+        EventKind::NodeSuspect => format!("🟠 {node} is not answering"),
+        EventKind::NodeDown => format!("🔴 {node} is down"),
+        EventKind::NodeUp => format!("🟢 {node} is back up"),
+        EventKind::NodeDegraded => format!("🟠 {node} is degraded"),
+        EventKind::NodeRecovered => format!("🟢 {node} recovered"),
+        EventKind::CheckFailing => format!("🔴 check {check} on {node} is failing{error}"),
+        EventKind::CheckOk => format!("🟢 check {check} on {node} is passing again"),
+    }
+}
+
+/// The request body for `format`.
+pub fn body(format: WebhookFormat, event: &Event) -> serde_json::Value {
+    let text = message(event);
+    match format {
+        WebhookFormat::Discord => json!({ "content": text, "username": "shoal" }),
+        WebhookFormat::Slack => json!({ "text": text }),
+        WebhookFormat::Json => json!({
+            "event": event.kind.as_str(),
+            "id": event.id,
+            "node": event.node_name,
+            "node_key": event.node,
+            "check": event.check,
+            "detail": event.detail,
+            "at": crate::time::rfc3339_ms(event.at_ms),
+            "message": text,
+        }),
+    }
+}
+
+/// POSTs the event; any 2xx is a success.
+pub async fn post(client: &reqwest::Client, url: &str, format: WebhookFormat, event: &Event) -> Result<(), String> {
+    let resp = client.post(url).json(&body(format, event)).send().await.map_err(|e| {
+        // reqwest errors can contain the URL, which is a secret; keep only the kind.
+        if e.is_timeout() {
+            "timed out".to_string()
+        } else if e.is_connect() {
+            "connection failed".to_string()
+        } else {
+            "request failed".to_string()
+        }
+    })?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", resp.status()))
+    }
+}

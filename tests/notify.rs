@@ -1,0 +1,185 @@
+//! Leader-elected webhook alerts, checked with a webhook receiver inside the test.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::routing::post;
+use common::*;
+use shoal::agent::AgentHandle;
+use shoal::config::{Config, WebhookConfig, WebhookFormat};
+use shoal::identity::PublicKey;
+
+type Received = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// A webhook receiver on 127.0.0.1; its URL carries a secret that must never leak.
+async fn receiver() -> (String, Received) {
+    let got: Received = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/hooks/{secret}",
+            post(
+                |State(got): State<Received>, Json(body): Json<serde_json::Value>| async move {
+                    got.lock().unwrap().push(body);
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hooks/s3cr3t-t0ken-do-not-show"), got)
+}
+
+fn with_hook(mut c: Config, url: &str) -> Config {
+    c.notify.webhooks = vec![WebhookConfig {
+        name: "ops".into(),
+        url: url.into(),
+        format: WebhookFormat::Json,
+        events: vec![
+            "node_down".into(),
+            "node_up".into(),
+            "check_failing".into(),
+            "check_ok".into(),
+        ],
+    }];
+    c
+}
+
+/// Notifications of `event` about `node` received so far.
+fn count(got: &Received, event: &str, node: &PublicKey) -> usize {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter(|b| b["event"] == event && b["node_key"] == node.to_string())
+        .count()
+}
+
+async fn hooked_cluster(net: &TestNetwork, n: usize, url: &str) -> Vec<AgentHandle> {
+    let seed = start(with_hook(net.config("n0"), url)).await;
+    let mut agents = vec![];
+    for i in 1..n {
+        let mut c = with_hook(net.config(&format!("n{i}")), url);
+        bootstrap(&mut c, &[seed.cluster_addr]);
+        agents.push(start(c).await);
+    }
+    agents.insert(0, seed);
+    eventually(Duration::from_secs(20), "cluster formed", || {
+        agents.iter().all(|a| alive_count(a) == n)
+    })
+    .await;
+    agents
+}
+
+/// Lets a possible duplicate arrive before counting (failure detection, settle times).
+async fn quiet_period() {
+    tokio::time::sleep(Duration::from_secs(6)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_notification_per_change_even_when_the_leader_dies() {
+    let (url, got) = receiver().await;
+    let net = TestNetwork::new();
+    let mut agents = hooked_cluster(&net, 4, &url).await;
+    // The leader is the alive node with the smallest key.
+    agents.sort_by_key(|a| a.key);
+    let victim = agents.pop().unwrap();
+    let (victim_key, victim_name) = (victim.key, victim.name.clone());
+    victim.kill().await;
+    eventually(Duration::from_secs(20), "one down notification", || {
+        count(&got, "node_down", &victim_key) == 1
+    })
+    .await;
+    quiet_period().await;
+    assert_eq!(count(&got, "node_down", &victim_key), 1, "{:?}", got.lock().unwrap());
+    assert_eq!(
+        got.lock().unwrap().len(),
+        1,
+        "nothing else was sent: {:?}",
+        got.lock().unwrap()
+    );
+    let body = got.lock().unwrap()[0].clone();
+    assert_eq!(body["node"], victim_name.as_str());
+    assert!(body["message"].as_str().unwrap().contains("is down"));
+
+    // Back with the same state dir: one "up".
+    let mut c = with_hook(net.config(&victim_name), &url);
+    bootstrap(&mut c, &[agents[0].cluster_addr]);
+    agents.push(start(c).await);
+    eventually(Duration::from_secs(20), "one up notification", || {
+        count(&got, "node_up", &victim_key) == 1
+    })
+    .await;
+    quiet_period().await;
+    assert_eq!(count(&got, "node_up", &victim_key), 1);
+    assert_eq!(got.lock().unwrap().len(), 2);
+
+    // A change, and the leader killed right after it: the next leader sends each change once,
+    // and does not resend what the old leader already sent.
+    agents.sort_by_key(|a| a.key);
+    let leader = agents.remove(0);
+    let at = agents.iter().position(|a| a.key != victim_key).unwrap();
+    let other = agents.remove(at);
+    let (other_key, leader_key) = (other.key, leader.key);
+    other.kill().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    leader.kill().await;
+    eventually(Duration::from_secs(30), "both downs notified", || {
+        count(&got, "node_down", &other_key) == 1 && count(&got, "node_down", &leader_key) == 1
+    })
+    .await;
+    quiet_period().await;
+    assert_eq!(count(&got, "node_down", &other_key), 1);
+    assert_eq!(count(&got, "node_down", &leader_key), 1);
+    assert_eq!(
+        count(&got, "node_down", &victim_key),
+        1,
+        "old news is not repeated by the new leader"
+    );
+    assert_eq!(got.lock().unwrap().len(), 4, "{:?}", got.lock().unwrap());
+
+    // The webhook URL appears in no API answer.
+    for path in [
+        "/api/health",
+        "/api/members",
+        "/api/nodes",
+        "/api/graph",
+        "/api/events?limit=1000",
+        "/api/replication",
+        "/api/files",
+    ] {
+        for a in &agents {
+            let text = reqwest::get(format!("http://{}{path}", a.http_addr))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(!text.contains("s3cr3t"), "{path} leaks the webhook URL");
+        }
+    }
+    for a in agents {
+        a.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_surviving_node_sends_nothing() {
+    let (url, got) = receiver().await;
+    let net = TestNetwork::new();
+    let mut agents = hooked_cluster(&net, 2, &url).await;
+    let gone = agents.pop().unwrap();
+    let gone_key = gone.key;
+    gone.kill().await;
+    eventually(Duration::from_secs(20), "survivor sees the other down", || {
+        state_of(&agents[0], &gone_key) == Some(shoal::membership::MemberState::Down)
+    })
+    .await;
+    quiet_period().await;
+    assert!(got.lock().unwrap().is_empty(), "{:?}", got.lock().unwrap());
+    agents.pop().unwrap().shutdown().await;
+}
