@@ -183,3 +183,47 @@ async fn a_single_surviving_node_sends_nothing() {
     assert!(got.lock().unwrap().is_empty(), "{:?}", got.lock().unwrap());
     agents.pop().unwrap().shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_are_retried_until_accepted() {
+    // The receiver refuses the first two attempts.
+    let attempts = Arc::new(Mutex::new(0usize));
+    let accepted: Received = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(
+                |State((attempts, accepted)): State<(Arc<Mutex<usize>>, Received)>,
+                 Json(body): Json<serde_json::Value>| async move {
+                    let mut n = attempts.lock().unwrap();
+                    *n += 1;
+                    if *n <= 2 {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    accepted.lock().unwrap().push(body);
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state((attempts.clone(), accepted.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let net = TestNetwork::new();
+    let mut agents = hooked_cluster(&net, 3, &url).await;
+    agents.sort_by_key(|a| a.key);
+    let victim = agents.pop().unwrap();
+    let key = victim.key;
+    victim.kill().await;
+    eventually(Duration::from_secs(30), "delivered after two failures", || {
+        count(&accepted, "node_down", &key) == 1
+    })
+    .await;
+    quiet_period().await;
+    assert_eq!(*attempts.lock().unwrap(), 3);
+    assert_eq!(accepted.lock().unwrap().len(), 1);
+    for a in agents {
+        a.shutdown().await;
+    }
+}

@@ -65,3 +65,36 @@ pub async fn post(client: &reqwest::Client, url: &str, format: WebhookFormat, ev
         Err(format!("HTTP {}", resp.status()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SecretKey;
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            seq: 1,
+            id: "abc".into(),
+            at_ms: 0,
+            kind,
+            node: SecretKey::from_seed([1; 32]).public(),
+            node_name: Some("web-1".into()),
+            check: Some("db".into()),
+            detail: Some("connection refused".into()),
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn bodies_per_format() {
+        let down = event(EventKind::NodeDown);
+        assert_eq!(body(WebhookFormat::Discord, &down)["content"], "🔴 web-1 is down");
+        assert_eq!(body(WebhookFormat::Slack, &down)["text"], "🔴 web-1 is down");
+        let failing = event(EventKind::CheckFailing);
+        let json = body(WebhookFormat::Json, &failing);
+        assert_eq!(json["event"], "check_failing");
+        assert_eq!(json["check"], "db");
+        assert_eq!(json["node"], "web-1");
+        assert_eq!(json["message"], "🔴 check db on web-1 is failing: connection refused");
+    }
+}
