@@ -196,3 +196,39 @@ async fn a_node_down_longer_than_membership_remembers_stays_listed_with_its_last
     );
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_delivers_new_events_live() {
+    let net = TestNetwork::new();
+    let a = start(net.config("a")).await;
+    let mut resp = reqwest::Client::new()
+        .get(format!("http://{}/api/events/stream", a.http_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut cb = net.config("b");
+    bootstrap(&mut cb, &[a.cluster_addr]);
+    let b = start(cb).await;
+    let joined = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = String::new();
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            for data in buf.lines().filter_map(|l| l.strip_prefix("data:")) {
+                if let Ok(e) = serde_json::from_str::<shoal::events::Event>(data.trim())
+                    && e.kind == shoal::events::EventKind::NodeJoined
+                {
+                    return e;
+                }
+            }
+        }
+        panic!("stream ended");
+    })
+    .await
+    .expect("event streamed");
+    assert_eq!(joined.node, b.key);
+    assert_eq!(joined.node_name.as_deref(), Some("b"));
+    drop(resp);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -2,9 +2,11 @@
 //! as a signed `RecordKind::Health` record.
 //!
 //! The report is evaluated every `[health] interval` and whenever a check changes state.
-//! A change of status or of a check is broadcast at once; slower drift (membership view, load,
-//! memory, disk) is published quietly (anti-entropy spreads it), at most once per interval;
-//! an unchanged report is refreshed quietly every `[health] refresh`. Per-node records cost
+//! A change of status or of a check is broadcast at once. A change of the membership view is
+//! broadcast once the view has held still for an interval, so a cold start or a burst of
+//! failures costs one version per node, not one per change seen. Machine figures (load,
+//! memory, disk, RTTs) go out with the refresh every `[health] refresh`, quietly (spread by
+//! anti-entropy, no broadcast). Per-node records cost
 //! every node something on every other node, so the mesh only hears what matters, quickly.
 
 pub mod checks;
@@ -53,6 +55,8 @@ async fn run(ctx: HealthContext) {
     let mut latest: Vec<CheckResult> = initial;
     let mut published: Option<HealthReport> = None;
     let mut published_at = tokio::time::Instant::now();
+    // A membership view waiting to be published, and since when it has held still.
+    let mut pending_view: Option<(Vec<(report::KeyPrefix, MemberState)>, tokio::time::Instant)> = None;
     let mut tick = tokio::time::interval(ctx.config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -71,9 +75,17 @@ async fn run(ctx: HealthContext) {
         let report = build(&ctx, &latest);
         let since = published_at.elapsed();
         let change = report::compare(published.as_ref(), &report);
+        let settled = match (change, &pending_view) {
+            (Change::View, Some((v, at))) if *v == report::view(&report) => at.elapsed() >= ctx.config.interval,
+            (Change::View, _) => {
+                pending_view = Some((report::view(&report), tokio::time::Instant::now()));
+                false
+            }
+            _ => false,
+        };
         let publish = match change {
             Change::Significant => Some(true),
-            Change::Quiet if since >= ctx.config.interval => Some(false),
+            Change::View if settled => Some(true),
             _ if since >= ctx.config.refresh => Some(false),
             _ => None,
         };
@@ -92,6 +104,7 @@ async fn run(ctx: HealthContext) {
         }
         published = Some(report);
         published_at = tokio::time::Instant::now();
+        pending_view = None;
     }
 }
 
@@ -108,7 +121,7 @@ fn build(ctx: &HealthContext, checks: &[CheckResult]) -> HealthReport {
         }
         if !m.local {
             peers.push(PeerLink {
-                key: m.id.key,
+                node: report::prefix(&m.id.key),
                 state: m.state,
                 rtt_us: rtts.get(&m.id.key).map(|d| d.as_micros().min(u32::MAX as u128) as u32),
             });

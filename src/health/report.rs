@@ -29,11 +29,20 @@ pub struct MemberCounts {
     pub down: u32,
 }
 
+/// The first 8 bytes of a node key: enough to tell the nodes of a fleet apart, and a quarter
+/// of the size in every report's list of peers.
+pub type KeyPrefix = [u8; 8];
+
+/// The prefix of `key`.
+pub fn prefix(key: &PublicKey) -> KeyPrefix {
+    key.as_bytes()[..8].try_into().expect("8 bytes")
+}
+
 /// The reporting node's view of one peer: an edge of the mesh graph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerLink {
-    /// The peer.
-    pub key: PublicKey,
+    /// The peer, by key prefix.
+    pub node: KeyPrefix,
     /// Its state in the reporter's membership view.
     pub state: MemberState,
     /// Round-trip time of the QUIC connection to it, microseconds, when one is open.
@@ -81,20 +90,16 @@ impl HealthReport {
 pub enum Change {
     /// Nothing worth publishing.
     None,
-    /// Worth publishing, but not urgent: spread by anti-entropy.
-    Quiet,
+    /// The membership view changed: publish once it has settled.
+    View,
     /// Status or a check changed: broadcast at once.
     Significant,
 }
 
-/// Load changes below this (absolute) are noise.
-const LOAD_DRIFT_MIN: f32 = 1.0;
-/// Relative load change worth republishing.
-const LOAD_DRIFT_RATIO: f32 = 0.5;
-/// Change of available memory worth republishing, as a fraction of total memory.
-const MEMORY_DRIFT: f64 = 0.10;
-/// Change of free disk worth republishing, as a fraction of the filesystem size.
-const DISK_DRIFT: f64 = 0.05;
+/// The membership view a report carries: each peer and its state.
+pub fn view(r: &HealthReport) -> Vec<(KeyPrefix, MemberState)> {
+    r.peers.iter().map(|p| (p.node, p.state)).collect()
+}
 
 /// Classifies the difference between the last published report and a new one.
 pub fn compare(prev: Option<&HealthReport>, new: &HealthReport) -> Change {
@@ -103,22 +108,10 @@ pub fn compare(prev: Option<&HealthReport>, new: &HealthReport) -> Change {
     if prev.status != new.status || prev.version != new.version || check_states(prev) != check_states(new) {
         return Change::Significant;
     }
-    let peer_states = |r: &HealthReport| r.peers.iter().map(|p| (p.key, p.state)).collect::<Vec<_>>();
-    let load_moved = match (prev.load, new.load) {
-        (Some(a), Some(b)) => (a[0] - b[0]).abs() > LOAD_DRIFT_MIN.max(a[0] * LOAD_DRIFT_RATIO),
-        (a, b) => a.is_some() != b.is_some(),
-    };
-    let memory_moved = match (prev.memory, new.memory) {
-        (Some(a), Some(b)) => (a.available as f64 - b.available as f64).abs() > a.total as f64 * MEMORY_DRIFT,
-        (a, b) => a.is_some() != b.is_some(),
-    };
-    let disk_moved = match (prev.disk, new.disk) {
-        (Some(a), Some(b)) => (a.free as f64 - b.free as f64).abs() > a.total as f64 * DISK_DRIFT,
-        (a, b) => a.is_some() != b.is_some(),
-    };
-    if prev.members != new.members || peer_states(prev) != peer_states(new) || load_moved || memory_moved || disk_moved
-    {
-        Change::Quiet
+    // Machine figures (load, memory, disk, RTT) move all the time; they are refreshed with the
+    // periodic report only, or a busy machine would make every node publish constantly.
+    if prev.members != new.members || view(prev) != view(new) {
+        Change::View
     } else {
         Change::None
     }
@@ -167,14 +160,17 @@ mod tests {
         let mut b = a.clone();
         b.reported_at_ms = 99;
         b.checks[0].latency_ms = Some(9);
-        b.load = Some([0.9, 0.5, 0.5]);
-        b.memory.as_mut().unwrap().available = 550;
-        assert_eq!(compare(Some(&a), &b), Change::None, "noise");
-        b.load = Some([3.0, 0.5, 0.5]);
-        assert_eq!(compare(Some(&a), &b), Change::Quiet, "load jumped");
+        b.load = Some([9.0, 0.5, 0.5]);
+        b.memory.as_mut().unwrap().available = 50;
+        b.disk.as_mut().unwrap().free = 5;
+        assert_eq!(
+            compare(Some(&a), &b),
+            Change::None,
+            "machine figures wait for the refresh"
+        );
         let mut c = a.clone();
         c.members.down = 1;
-        assert_eq!(compare(Some(&a), &c), Change::Quiet);
+        assert_eq!(compare(Some(&a), &c), Change::View);
         let mut d = a.clone();
         d.checks[0].status = CheckStatus::Failing;
         d.status = NodeStatus::Degraded;

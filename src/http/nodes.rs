@@ -103,13 +103,19 @@ pub(super) async fn one(
 pub(super) async fn graph(State(state): State<ApiState>) -> Json<api::Graph> {
     let now = crate::time::unix_ms();
     let nodes = all_nodes(&state);
+    let by_prefix: HashMap<crate::health::report::KeyPrefix, PublicKey> = nodes
+        .iter()
+        .map(|n| (crate::health::report::prefix(&n.key), n.key))
+        .collect();
     let mut edges = Vec::new();
     for n in &nodes {
         let Some(report) = &n.report else { continue };
         for p in &report.peers {
+            // A peer nobody knows any more (forgotten, no report) has no node to point to.
+            let Some(to) = by_prefix.get(&p.node) else { continue };
             edges.push(api::GraphEdge {
                 from: n.key,
-                to: p.key,
+                to: *to,
                 state: p.state,
                 rtt_ms: p.rtt_us.map(|us| us as f64 / 1000.0),
                 age_secs: now.saturating_sub(report.reported_at_ms) / 1000,

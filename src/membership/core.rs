@@ -34,6 +34,10 @@ const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
 const GOSSIP_FANOUT: usize = 3;
 /// Members believed down that a node announces itself to right after renewing its identity.
 const ANNOUNCE_AFTER_RENEWAL: usize = 3;
+/// Members a node announces itself to right after joining. A reply (foca's feed) lists only as
+/// many members as fit in one packet (about 20); a few replies from different members teach a
+/// newcomer the whole mesh in one round trip instead of over many probe periods.
+const ANNOUNCE_AFTER_JOIN: usize = 4;
 /// How often a member asks a random peer for members it may not know.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -386,12 +390,14 @@ impl Core {
             self.timers.push(due, t);
         }
         let mut renewed = false;
+        let mut joined_now = false;
         for note in std::mem::take(&mut self.fx.notes) {
             match note {
                 OwnedNotification::Active => {
                     if !self.joined {
                         info!("joined the cluster");
                         self.events.push(MemberEvent::Joined);
+                        joined_now = true;
                     }
                     self.joined = true;
                 }
@@ -419,32 +425,36 @@ impl Core {
         }
         self.refresh_view(now);
         if renewed {
-            self.announce_to_down(now);
+            self.announce_to(MemberState::Down, ANNOUNCE_AFTER_RENEWAL, now);
+        }
+        if joined_now {
+            self.announce_to(MemberState::Alive, ANNOUNCE_AFTER_JOIN, now);
         }
     }
 
-    /// Being declared down usually means a partition just healed: the members we believe down
-    /// are likely back too. Announcing to a few of them at once, instead of waiting for the
-    /// next reconnect tick, rejoins the two sides in one round trip.
-    fn announce_to_down(&mut self, now: Now) {
-        // Each node picks the down members closest to its own key (XOR), so renewing nodes
-        // spread their announcements instead of all picking the same few.
+    /// Announces this node to up to `count` members in `state`: down ones after a renewal
+    /// (being declared down usually means a partition just healed, and those members are likely
+    /// back too: one round trip rejoins the sides instead of waiting for the reconnect tick),
+    /// alive ones after joining (see [`ANNOUNCE_AFTER_JOIN`]).
+    fn announce_to(&mut self, state: MemberState, count: usize, now: Now) {
+        // Each node picks the members closest to its own key (XOR), so nodes announcing at the
+        // same time spread out instead of all picking the same few.
         let me = *self.identity().key.as_bytes();
         let distance = |k: &PublicKey| -> [u8; 32] { std::array::from_fn(|i| k.as_bytes()[i] ^ me[i]) };
-        let mut down: Vec<NodeId> = self
+        let mut targets: Vec<NodeId> = self
             .view
             .values()
-            .filter(|m| m.state == MemberState::Down)
+            .filter(|m| m.state == state)
             .map(|m| m.id.clone())
             .collect();
-        down.sort_by_key(|id| distance(&id.key));
-        down.truncate(ANNOUNCE_AFTER_RENEWAL);
-        for id in down {
+        targets.sort_by_key(|id| distance(&id.key));
+        targets.truncate(count);
+        self.fx.now = now.mono;
+        for id in targets {
             if let Err(e) = self.foca.announce(id, &mut self.fx) {
-                debug!(error = %e, "announce after renewal");
+                debug!(error = %e, "announce");
             }
         }
-        self.fx.now = now.mono;
         for (due, t) in self.fx.timers.drain(..) {
             self.timers.push(due, t);
         }
