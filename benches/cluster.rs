@@ -185,7 +185,11 @@ fn main() {
                 let mut times = Vec::with_capacity(count);
                 for rep in 0..count {
                     let body: Vec<u8> = (0..size).map(|i| (i as u64 * 31 + rep as u64) as u8).collect();
-                    times.push(bench.propagate(&agents, rep % n, name, &body).await);
+                    let t = bench.propagate(&agents, rep % n, name, &body).await;
+                    if std::env::var("SHOAL_BENCH_VERBOSE").is_ok() {
+                        println!("  {name} rep {rep}: {}", ms(t));
+                    }
+                    times.push(t);
                 }
                 times.sort();
                 let (p50, p99, max) = (
