@@ -96,8 +96,10 @@ pub struct AgentHandle {
     store: Store,
     http_stop: CancellationToken,
     store_dir: PathBuf,
+    schedules: crate::schedules::SchedulesHandle,
     replication_task: JoinHandle<()>,
-    /// Health report and checks; events derived from membership and reports.
+    /// Health report and checks; events derived from membership and reports; the scheduler;
+    /// the notifier.
     side_tasks: Vec<JoinHandle<()>>,
     membership_task: JoinHandle<()>,
     join_task: JoinHandle<()>,
@@ -151,6 +153,9 @@ impl AgentHandle {
         // Stop joining first, or the join loop would try to rejoin once we have left.
         self.join_task.abort();
         let _ = self.join_task.await;
+        // Running jobs are killed and recorded as aborted, and the mesh is told, while we are
+        // still a member.
+        self.schedules.stop().await;
         for t in self.side_tasks {
             t.abort();
             let _ = t.await;
@@ -323,6 +328,13 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
     };
     let events = crate::events::EventLog::open(&store)?;
     let events_task = crate::events::spawn(events.clone(), membership.clone(), replication.clone());
+    let jobs = crate::schedules::jobs::JobStore::open(&store)?;
+    let (schedules, schedules_task) = crate::schedules::spawn(crate::schedules::SchedulerContext {
+        schedules: config.schedules.clone(),
+        jobs: jobs.clone(),
+        replication: replication.clone(),
+        state_dir: state_dir.clone(),
+    });
     let health_task = crate::health::spawn(crate::health::HealthContext {
         config: config.health.clone(),
         replication: replication.clone(),
@@ -338,6 +350,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             membership: membership.clone(),
             replication: replication.clone(),
         }),
+        jobs,
     )));
     let notify_task = crate::notify::spawn(crate::notify::NotifyContext {
         webhooks: config.notify.webhooks.clone(),
@@ -383,6 +396,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             replication_task.abort();
             health_task.abort();
             events_task.abort();
+            schedules_task.abort();
             if let Some(t) = &notify_task {
                 t.abort();
             }
@@ -410,6 +424,8 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         replication: replication.clone(),
         events: events.clone(),
         forget_after: config.health.forget_after,
+        schedules: schedules.clone(),
+        transport: transport.clone(),
     });
     let stop = http_stop.clone();
     let http_task = tokio::spawn(async move {
@@ -437,7 +453,8 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         http_stop,
         store_dir: state_dir,
         replication_task,
-        side_tasks: [Some(health_task), Some(events_task), notify_task]
+        schedules,
+        side_tasks: [Some(health_task), Some(events_task), Some(schedules_task), notify_task]
             .into_iter()
             .flatten()
             .collect(),

@@ -23,6 +23,7 @@ pub mod membership;
 pub mod notify;
 pub mod replication;
 pub mod rpc;
+pub mod schedules;
 pub mod store;
 pub mod time;
 pub mod transport;

@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use crate::identity::PublicKey;
+use crate::replication::item::RecordKind;
 use crate::replication::protocol::{ProtocolError, Turn, read_frame, write_frame};
 use crate::replication::sync::Syncer;
+use crate::schedules::jobs::{Job, JobLog, JobStore};
 use crate::transport::{HandlerFuture, PeerInfo, StreamHandler, Target, Transport, TransportError};
 
 /// First frame of every stream.
@@ -26,6 +28,22 @@ pub enum Request {
     },
     /// Does your view agree with this claim? (Alerts are only sent when two nodes agree.)
     Confirm(Claim),
+    /// Send your job `seq` (and its log, if asked). Answered with one [`JobReply`].
+    Job {
+        /// The job's seq on the responder.
+        seq: u64,
+        /// Whether to include the output.
+        log: bool,
+    },
+}
+
+/// Answer to [`Request::Job`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobReply {
+    /// The job, if the responder has it.
+    pub job: Option<Job>,
+    /// Its output, if asked for and kept.
+    pub log: Option<JobLog>,
 }
 
 /// Something a node believes about another, that a peer can check against its own state.
@@ -45,11 +63,14 @@ pub enum Claim {
         /// Its identity.
         identity: u64,
     },
-    /// `node`'s health report of version `version` (or newer) is here.
-    Report {
+    /// `node`'s record of `kind` (health report, schedules) of version `version` or newer is
+    /// here.
+    Record {
         /// The node.
         node: PublicKey,
-        /// The report's version.
+        /// Which record.
+        kind: RecordKind,
+        /// The record's version.
         version: u64,
     },
 }
@@ -72,12 +93,13 @@ pub trait Confirmer: Send + Sync + 'static {
 pub struct Dispatcher {
     sync: Syncer,
     confirmer: Arc<dyn Confirmer>,
+    jobs: JobStore,
 }
 
 impl Dispatcher {
-    /// A dispatcher over replication's `sync` and a `confirmer`.
-    pub fn new(sync: Syncer, confirmer: Arc<dyn Confirmer>) -> Dispatcher {
-        Dispatcher { sync, confirmer }
+    /// A dispatcher over replication's `sync`, a `confirmer` and the job history.
+    pub fn new(sync: Syncer, confirmer: Arc<dyn Confirmer>, jobs: JobStore) -> Dispatcher {
+        Dispatcher { sync, confirmer, jobs }
     }
 
     async fn serve(self, peer: PeerInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
@@ -88,6 +110,18 @@ impl Dispatcher {
                 let agree = self.confirmer.confirm(&claim);
                 async {
                     write_frame(&mut send, &ConfirmReply { agree }).await?;
+                    send.finish()?;
+                    Ok(())
+                }
+                .await
+            }
+            Ok(Some(Request::Job { seq, log })) => {
+                let reply = JobReply {
+                    job: self.jobs.get(seq),
+                    log: if log { self.jobs.log(seq) } else { None },
+                };
+                async {
+                    write_frame(&mut send, &reply).await?;
                     send.finish()?;
                     Ok(())
                 }
@@ -134,4 +168,20 @@ pub async fn ask(
         .await?
         .ok_or(ProtocolError::Violation("no reply"))?;
     Ok(reply.agree)
+}
+
+/// Asks `peer` for its job `seq`, with the log if `log`.
+pub async fn fetch_job(
+    transport: &Transport,
+    peer: PublicKey,
+    target: Option<Target>,
+    seq: u64,
+    log: bool,
+) -> Result<JobReply, AskError> {
+    let (mut send, mut recv) = transport.open_bi(peer, target).await?;
+    write_frame(&mut send, &Request::Job { seq, log }).await?;
+    send.finish().map_err(ProtocolError::from)?;
+    Ok(read_frame(&mut recv)
+        .await?
+        .ok_or(ProtocolError::Violation("no reply"))?)
 }

@@ -6,6 +6,7 @@ mod demo;
 mod files;
 mod keys;
 mod mesh;
+mod schedules;
 mod table;
 
 use std::path::PathBuf;
@@ -71,6 +72,17 @@ enum Command {
     Nodes(client::ClientArgs),
     /// Recent events (joins, failures, recoveries, checks); --follow to watch them live.
     Events(mesh::EventsArgs),
+    /// Every node's backup schedules, grouped by node.
+    Schedules(client::ClientArgs),
+    /// Run a local schedule now.
+    Run(schedules::RunArgs),
+    /// Jobs (runs of schedules): this node's history and other nodes' latest.
+    Jobs(schedules::JobsArgs),
+    /// One job: its output or its details.
+    Job {
+        #[command(subcommand)]
+        command: schedules::JobCommand,
+    },
     /// Replicated files: upload (signed), delete, list, read.
     File {
         #[command(subcommand)]
@@ -142,6 +154,10 @@ async fn dispatch(command: Command) -> i32 {
         Command::Nodes(args) => mesh::nodes(&args).await,
         Command::Events(args) => mesh::events(&args).await,
         Command::File { command } => files::run(command).await,
+        Command::Schedules(args) => schedules::schedules(&args).await,
+        Command::Run(args) => schedules::run(&args).await,
+        Command::Jobs(args) => schedules::jobs(&args).await,
+        Command::Job { command } => schedules::job(&command).await,
         Command::Config {
             command: ConfigCommand::Check { path },
         } => keys::config_check(&path),

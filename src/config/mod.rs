@@ -6,6 +6,7 @@
 //! several keys run afterwards and point at the section they concern.
 
 mod expand;
+pub mod schedules;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -101,6 +102,9 @@ pub struct Config {
     /// `[notify]`: alerts.
     #[serde(default)]
     pub notify: NotifySection,
+    /// `[[schedules]]`: commands run on a cron schedule.
+    #[serde(default)]
+    pub schedules: Vec<schedules::ScheduleConfig>,
 }
 
 /// `[notify]` section.
@@ -700,6 +704,14 @@ impl Config {
                 }
             }
         }
+        if let Err((i, key, message)) = schedules::validate(&self.schedules) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: locate_array(text, "schedules", i, key),
+                key: format!("schedules[{i}].{key}"),
+                message,
+            });
+        }
         if self.health.interval.is_zero() || self.health.refresh < self.health.interval {
             return Err(invalid(
                 "health",
@@ -822,6 +834,7 @@ impl Config {
                 ..HealthSection::default()
             },
             notify: NotifySection::default(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -832,6 +845,29 @@ fn resolve(config_path: &Path, file: &Path) -> PathBuf {
         Some(dir) if file.is_relative() => dir.join(file),
         _ => file.to_path_buf(),
     }
+}
+
+/// Finds the 1-based line of `key` inside the `index`-th `[[array]]` table, or of its header.
+fn locate_array(text: &str, array: &str, index: usize, key: &str) -> Option<usize> {
+    let header = format!("[[{array}]]");
+    let mut seen = 0;
+    let mut header_line = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            if t == header {
+                seen += 1;
+                if seen == index + 1 {
+                    header_line = Some(i + 1);
+                }
+            } else if header_line.is_some() {
+                break;
+            }
+        } else if header_line.is_some() && t.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')) {
+            return Some(i + 1);
+        }
+    }
+    header_line
 }
 
 /// Finds the 1-based line of `key` inside `[section]`, or of the section header.

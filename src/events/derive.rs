@@ -1,6 +1,6 @@
 //! Turns membership changes and committed health reports into events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::broadcast::error::RecvError;
@@ -12,6 +12,7 @@ use crate::identity::PublicKey;
 use crate::membership::{MemberState, MembershipHandle, NodeId, Snapshot};
 use crate::replication::item::{ItemKey, RecordKind};
 use crate::replication::{CommitEvent, ReplicationHandle};
+use crate::schedules::record::{JobSummary, SchedulesRecord};
 
 /// What the deriver remembers about a member.
 struct Seen {
@@ -21,11 +22,17 @@ struct Seen {
     down: bool,
 }
 
+/// A failed job of a node whose schedules record is seen for the first time is reported only
+/// if it ended less than this ago (older ones are history, not news).
+const JOB_EVENT_MAX_AGE_MS: u64 = 10 * 60 * 1000;
+
 struct Deriver {
     log: Arc<EventLog>,
     replication: ReplicationHandle,
     members: HashMap<PublicKey, Seen>,
     reports: HashMap<PublicKey, HealthReport>,
+    /// Per node, the failed jobs already reported (those still in its schedules record).
+    jobs_seen: HashMap<PublicKey, HashSet<u64>>,
     names: HashMap<PublicKey, String>,
 }
 
@@ -40,6 +47,7 @@ pub fn spawn(
         replication,
         members: HashMap::new(),
         reports: HashMap::new(),
+        jobs_seen: HashMap::new(),
         names: HashMap::new(),
     };
     // Start from the current state without events for it.
@@ -49,6 +57,13 @@ pub fn spawn(
     for (item, content) in d.replication.records(RecordKind::Health) {
         if let (ItemKey::Node { node, .. }, Ok(report)) = (&item.meta.key, decode(&content)) {
             d.reports.insert(*node, report);
+        }
+    }
+    for (item, content) in d.replication.records(RecordKind::Schedules) {
+        if let (ItemKey::Node { node, .. }, Ok(record)) = (&item.meta.key, decode_schedules(&content)) {
+            let failed = record.schedules.iter().flat_map(|s| s.recent.iter());
+            d.jobs_seen
+                .insert(*node, failed.filter(|j| j.status.is_failure()).map(|j| j.seq).collect());
         }
     }
     tokio::spawn(async move {
@@ -69,6 +84,10 @@ pub fn spawn(
             }
         }
     })
+}
+
+fn decode_schedules(content: &[u8]) -> Result<SchedulesRecord, crate::codec::CodecError> {
+    crate::codec::decode_exact(content, crate::replication::policy::MAX_RECORD_SIZE as usize)
 }
 
 fn decode(content: &[u8]) -> Result<HealthReport, crate::codec::CodecError> {
@@ -113,6 +132,8 @@ impl Deriver {
             check,
             detail,
             version,
+            schedule: None,
+            job: None,
         });
     }
 
@@ -151,7 +172,67 @@ impl Deriver {
         }
     }
 
+    /// Failed jobs in a node's new schedules record that were not reported yet. The record
+    /// carries the latest jobs of each schedule; a job that has dropped out never comes back,
+    /// so the set of reported jobs only keeps those still in the record.
+    fn observe_schedules(&mut self, node: PublicKey, version: u64) {
+        let Some((_, Some(content))) = self.replication.get(&ItemKey::Node {
+            node,
+            kind: RecordKind::Schedules,
+        }) else {
+            return;
+        };
+        let Ok(record) = decode_schedules(&content) else { return };
+        let first_sight = !self.jobs_seen.contains_key(&node);
+        let now = crate::time::unix_ms();
+        let reported = self.jobs_seen.entry(node).or_default();
+        let mut failed: Vec<(String, JobSummary)> = Vec::new();
+        let mut present = HashSet::new();
+        for s in &record.schedules {
+            for j in &s.recent {
+                present.insert(j.seq);
+                // A node seen for the first time brings its history: only recent failures
+                // are news.
+                let stale = first_sight && j.ended_ms.is_some_and(|e| now.saturating_sub(e) > JOB_EVENT_MAX_AGE_MS);
+                if j.status.is_failure() && !stale && reported.insert(j.seq) {
+                    failed.push((s.id.clone(), j.clone()));
+                }
+            }
+        }
+        reported.retain(|seq| present.contains(seq));
+        failed.sort_by_key(|(_, j)| j.seq);
+        for (schedule, job) in failed {
+            let job_ref = crate::schedules::JobRef::new(&node, job.seq).to_string();
+            let detail = match (&job.error, job.exit_code) {
+                (Some(e), _) => format!("{}: {e}", job.status.as_str()),
+                (None, Some(code)) => format!("{} with exit code {code}", job.status.as_str()),
+                (None, None) => job.status.as_str().to_string(),
+            };
+            let node_name = self.name_of(&node);
+            self.log.append(Event {
+                seq: 0,
+                id: event_id(EventKind::JobFailed, &node, &[&job.seq.to_be_bytes()]),
+                at_ms: now,
+                kind: EventKind::JobFailed,
+                node,
+                node_name,
+                check: None,
+                detail: Some(detail),
+                version,
+                schedule: Some(schedule),
+                job: Some(job_ref),
+            });
+        }
+    }
+
     fn observe_commit(&mut self, commit: &CommitEvent) {
+        if let ItemKey::Node {
+            node,
+            kind: RecordKind::Schedules,
+        } = commit.key
+        {
+            return self.observe_schedules(node, commit.version);
+        }
         let ItemKey::Node {
             node,
             kind: RecordKind::Health,

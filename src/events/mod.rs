@@ -46,6 +46,8 @@ pub enum EventKind {
     CheckFailing,
     /// A failing check passes again.
     CheckOk,
+    /// A job failed, timed out or was cut off.
+    JobFailed,
 }
 
 impl EventKind {
@@ -61,11 +63,12 @@ impl EventKind {
             EventKind::NodeRecovered => "node_recovered",
             EventKind::CheckFailing => "check_failing",
             EventKind::CheckOk => "check_ok",
+            EventKind::JobFailed => "job_failed",
         }
     }
 
     /// Every kind.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::NodeJoined,
         EventKind::NodeRestarted,
         EventKind::NodeSuspect,
@@ -75,6 +78,7 @@ impl EventKind {
         EventKind::NodeRecovered,
         EventKind::CheckFailing,
         EventKind::CheckOk,
+        EventKind::JobFailed,
     ];
 }
 
@@ -98,8 +102,13 @@ pub struct Event {
     /// Details (a check's error, a node's identity).
     pub detail: Option<String>,
     /// What another node can check to confirm it: the node's identity (`generation << 16 |
-    /// renewals`) for membership events, the health report version for the others.
+    /// renewals`) for membership events, the version of the health report or schedules record
+    /// for the others.
     pub version: u64,
+    /// The schedule, for job events.
+    pub schedule: Option<String>,
+    /// The job id (see [`crate::schedules::JobRef`]), for job events.
+    pub job: Option<String>,
 }
 
 /// Computes an event id from the facts that identify the transition.
@@ -189,6 +198,8 @@ mod tests {
             check: None,
             detail: None,
             version: 0,
+            schedule: None,
+            job: None,
         }
     }
 

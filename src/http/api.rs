@@ -229,3 +229,130 @@ pub struct Events {
     /// Oldest first.
     pub events: Vec<crate::events::Event>,
 }
+
+/// `GET /api/schedules`: every node's schedules, grouped by node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleList {
+    /// Members alive in the mesh, as this node sees it.
+    pub mesh_nodes: usize,
+    /// One group per node that published a schedules record, ordered by name.
+    pub nodes: Vec<NodeSchedules>,
+}
+
+/// One node's schedules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeSchedules {
+    /// Node name, when known.
+    pub name: Option<String>,
+    /// Node key.
+    pub key: PublicKey,
+    /// Whether it is this node.
+    pub local: bool,
+    /// Whether the mesh considers it alive (if not, what is shown is its last record).
+    pub up: bool,
+    /// When its record was published, RFC 3339.
+    pub published_at: String,
+    /// Seconds since then. A node republishes whenever a job starts or ends, so an old record
+    /// of a node that is up only means nothing ran.
+    pub record_age_secs: u64,
+    /// Number of schedules.
+    pub count: usize,
+    /// Its schedules, in its config order.
+    pub schedules: Vec<ScheduleView>,
+}
+
+/// One schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleView {
+    /// Id, unique on its node.
+    pub id: String,
+    /// Description.
+    pub description: String,
+    /// Cron expression.
+    pub schedule: String,
+    /// Time zone it is read in.
+    pub timezone: String,
+    /// argv.
+    pub command: Vec<String>,
+    /// Names of its extra environment variables (values are never shown).
+    pub env: Vec<String>,
+    /// Timeout, seconds.
+    pub timeout_secs: u64,
+    /// Repository.
+    pub repository: Option<String>,
+    /// Retention.
+    pub retention: Option<String>,
+    /// Targets.
+    pub targets: Vec<String>,
+    /// Next run, RFC 3339.
+    pub next_run: Option<String>,
+    /// Next run, Unix ms.
+    pub next_run_ms: Option<u64>,
+    /// Its running job, if any.
+    pub running: Option<String>,
+    /// Its latest job.
+    pub last: Option<JobView>,
+    /// Its latest jobs, newest first.
+    pub recent: Vec<JobView>,
+}
+
+/// One job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    /// Id, unique in the mesh: `<node key prefix>-<seq>`.
+    pub id: String,
+    /// Node that ran it.
+    pub node: PublicKey,
+    /// Its name, when known.
+    pub node_name: Option<String>,
+    /// Schedule id.
+    pub schedule: String,
+    /// Status.
+    pub status: crate::schedules::jobs::JobStatus,
+    /// What started it.
+    pub trigger: crate::schedules::jobs::Trigger,
+    /// Start, RFC 3339.
+    pub started: String,
+    /// Start, Unix ms.
+    pub started_ms: u64,
+    /// End, RFC 3339.
+    pub ended: Option<String>,
+    /// End, Unix ms.
+    pub ended_ms: Option<u64>,
+    /// Duration in seconds (so far, while running).
+    pub duration_secs: f64,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// Why it failed, when the exit code does not say.
+    pub error: Option<String>,
+}
+
+/// `GET /api/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    /// Newest first. This node's full history; for other nodes, the latest jobs of each
+    /// schedule that their records carry.
+    pub jobs: Vec<JobView>,
+}
+
+/// `GET /api/jobs/{id}/log`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobLogView {
+    /// The job.
+    pub job: JobView,
+    /// Bytes of output written in all.
+    pub output_bytes: u64,
+    /// Whether the beginning was dropped (only the tail is kept).
+    pub truncated: bool,
+    /// The kept output (stdout and stderr as they came), UTF-8 with invalid bytes replaced.
+    pub log: String,
+}
+
+/// `POST /api/schedules/{id}/run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunStarted {
+    /// The schedule.
+    pub schedule: String,
+    /// The job started.
+    pub job: String,
+}

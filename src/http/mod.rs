@@ -4,6 +4,7 @@
 pub mod api;
 mod files;
 mod nodes;
+mod schedules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +53,10 @@ pub struct ApiState {
     pub events: std::sync::Arc<crate::events::EventLog>,
     /// Nodes with no report newer than this are not listed (`[health] forget_after`).
     pub forget_after: std::time::Duration,
+    /// The scheduler (run-now) and the local job history.
+    pub schedules: crate::schedules::SchedulesHandle,
+    /// To fetch other nodes' job logs.
+    pub transport: crate::transport::Transport,
 }
 
 /// Request bodies beyond the largest file get this much room for the envelope around it.
@@ -78,6 +83,11 @@ pub fn router(state: ApiState) -> Router {
                 .layer(DefaultBodyLimit::max(max_upload)),
         )
         .route("/api/files/{name}/content", get(files::content))
+        .route("/api/schedules", get(schedules::list))
+        .route("/api/schedules/{id}/run", axum::routing::post(schedules::run))
+        .route("/api/jobs", get(schedules::jobs))
+        .route("/api/jobs/{id}", get(schedules::job))
+        .route("/api/jobs/{id}/log", get(schedules::log))
         .fallback(not_found)
         .with_state(state)
 }

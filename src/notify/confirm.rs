@@ -2,7 +2,7 @@
 
 use crate::membership::{MemberState, MembershipHandle};
 use crate::replication::ReplicationHandle;
-use crate::replication::item::{ItemKey, RecordKind};
+use crate::replication::item::ItemKey;
 use crate::rpc::{Claim, Confirmer};
 
 /// Checks claims against the membership view and the replica.
@@ -31,11 +31,11 @@ impl Confirmer for MeshConfirmer {
             Claim::MemberUp { node, identity } => {
                 matches!(member(*node), Some((id, MemberState::Alive)) if id >= *identity)
             }
-            Claim::Report { node, version } => self
+            Claim::Record { node, kind, version } => self
                 .replication
                 .get(&ItemKey::Node {
                     node: *node,
-                    kind: RecordKind::Health,
+                    kind: *kind,
                 })
                 .is_some_and(|(item, _)| item.meta.version >= *version),
         }

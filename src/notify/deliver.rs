@@ -25,6 +25,11 @@ pub fn message(event: &Event) -> String {
         EventKind::NodeRecovered => format!("🟢 {node} recovered"),
         EventKind::CheckFailing => format!("🔴 check {check} on {node} is failing{error}"),
         EventKind::CheckOk => format!("🟢 check {check} on {node} is passing again"),
+        EventKind::JobFailed => format!(
+            "🔴 job {} of schedule {} on {node}{error}",
+            event.job.as_deref().unwrap_or("?"),
+            event.schedule.as_deref().unwrap_or("?")
+        ),
     }
 }
 
@@ -82,6 +87,8 @@ mod tests {
             check: Some("db".into()),
             detail: Some("connection refused".into()),
             version: 0,
+            schedule: None,
+            job: None,
         }
     }
 

@@ -143,11 +143,17 @@ fn claim_of(event: &Event) -> Claim {
             identity: event.version,
         },
         EventKind::NodeDegraded | EventKind::NodeRecovered | EventKind::CheckFailing | EventKind::CheckOk => {
-            Claim::Report {
+            Claim::Record {
                 node: event.node,
+                kind: RecordKind::Health,
                 version: event.version,
             }
         }
+        EventKind::JobFailed => Claim::Record {
+            node: event.node,
+            kind: RecordKind::Schedules,
+            version: event.version,
+        },
     }
 }
 

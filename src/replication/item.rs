@@ -46,6 +46,8 @@ pub enum RecordKind {
     Health = 2,
     /// Notifications this node delivered.
     Notified = 3,
+    /// Its backup schedules and their latest jobs.
+    Schedules = 4,
 }
 
 impl RecordKind {
@@ -54,6 +56,7 @@ impl RecordKind {
             1 => Some(RecordKind::NodeInfo),
             2 => Some(RecordKind::Health),
             3 => Some(RecordKind::Notified),
+            4 => Some(RecordKind::Schedules),
             _ => None,
         }
     }
@@ -64,6 +67,7 @@ impl RecordKind {
             RecordKind::NodeInfo => "node_info",
             RecordKind::Health => "health",
             RecordKind::Notified => "notified",
+            RecordKind::Schedules => "schedules",
         }
     }
 }
