@@ -279,6 +279,8 @@ fn example_config_is_valid() {
     assert_eq!(config.cluster.bootstrap.len(), 2);
     assert_eq!(config.cluster.bootstrap[1].host, "seed.example.internal");
     assert_eq!(config.files["shared:data"].len(), 2);
+    assert_eq!(config.schedules[0].id, "etc-snapshot");
+    assert!(config.schedules[0].cron().is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,4 +378,49 @@ async fn file_commands_sign_upload_list_get_and_delete() {
     let (_, out, _) = run(s(&["file", "list", "--all", "--url", &url])).await.unwrap();
     assert!(out.contains("app.conf") && out.contains("deleted"), "{out}");
     a.shutdown().await;
+}
+
+#[test]
+fn schedule_examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let env: std::collections::HashMap<String, String> =
+        [("RESTIC_PASSWORD", "pw"), ("MONGO_URI", "mongodb://u:p@db/app")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    let header = format!(
+        "[network]\ntrusted_nodes = [\"{}\"]\n",
+        shoal::identity::SecretKey::generate().public()
+    );
+    for (file, id) in [("restic.toml", "restic-home"), ("mongodump.toml", "mongodump-app")] {
+        let path = dir.join(file);
+        let text = format!("{header}{}", std::fs::read_to_string(&path).unwrap());
+        let config = shoal::config::Config::parse(&text, &path, &env).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(config.schedules[0].id, id);
+        assert!(config.schedules[0].cron().unwrap().next_after(0).is_some());
+    }
+}
+
+#[test]
+fn schedule_errors_name_the_line() {
+    let text = format!(
+        "[network]\ntrusted_nodes = [\"{}\"]\n\n[[schedules]]\nid = \"a\"\nschedule = \"@daily\"\ncommand = [\"true\"]\n\n[[schedules]]\nid = \"b\"\nschedule = \"99 * * * *\"\ncommand = [\"true\"]\n",
+        shoal::identity::SecretKey::generate().public()
+    );
+    let env = std::collections::HashMap::<String, String>::new();
+    let err = shoal::config::Config::parse(&text, std::path::Path::new("s.toml"), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("s.toml:11: schedules[1].schedule: b: invalid cron expression"),
+        "{err}"
+    );
+    let dup = text.replace("id = \"b\"", "id = \"a\"");
+    let err = shoal::config::Config::parse(&dup, std::path::Path::new("s.toml"), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("s.toml:10: schedules[1].id: duplicate schedule id \"a\""),
+        "{err}"
+    );
 }

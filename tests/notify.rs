@@ -45,6 +45,7 @@ fn with_hook(mut c: Config, url: &str) -> Config {
             "node_up".into(),
             "check_failing".into(),
             "check_ok".into(),
+            "job_failed".into(),
         ],
     }];
     c
@@ -223,6 +224,61 @@ async fn failed_deliveries_are_retried_until_accepted() {
     quiet_period().await;
     assert_eq!(*attempts.lock().unwrap(), 3);
     assert_eq!(accepted.lock().unwrap().len(), 1);
+    for a in agents {
+        a.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failed_job_is_notified_once() {
+    let (url, got) = receiver().await;
+    let net = TestNetwork::new();
+    let seed = start(with_hook(net.config("n0"), &url)).await;
+    let mut c = with_hook(net.config("n1"), &url);
+    bootstrap(&mut c, &[seed.cluster_addr]);
+    c.schedules = vec![
+        toml::from_str("id = \"backup\"\nschedule = \"@yearly\"\ncommand = [\"sh\", \"-c\", \"exit 7\"]").unwrap(),
+    ];
+    let runner = start(c).await;
+    let mut c = with_hook(net.config("n2"), &url);
+    bootstrap(&mut c, &[seed.cluster_addr]);
+    let third = start(c).await;
+    let agents = [seed, runner, third];
+    eventually(Duration::from_secs(20), "cluster formed", || {
+        agents.iter().all(|a| alive_count(a) == 3)
+    })
+    .await;
+    let runner_key = agents[1].key;
+    let run = || async {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/api/schedules/backup/run", agents[1].http_addr))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202);
+    };
+    run().await;
+    eventually(Duration::from_secs(20), "one job_failed notification", || {
+        count(&got, "job_failed", &runner_key) == 1
+    })
+    .await;
+    run().await;
+    eventually(Duration::from_secs(20), "a second one for the second failure", || {
+        count(&got, "job_failed", &runner_key) == 2
+    })
+    .await;
+    quiet_period().await;
+    let bodies = got.lock().unwrap().clone();
+    let jobs: Vec<&serde_json::Value> = bodies.iter().filter(|b| b["event"] == "job_failed").collect();
+    assert_eq!(jobs.len(), 2, "{bodies:?}");
+    assert_ne!(jobs[0]["job"], jobs[1]["job"]);
+    assert_eq!(jobs[0]["schedule"], "backup");
+    assert!(
+        jobs[0]["detail"].as_str().unwrap().contains("exit code 7"),
+        "{:?}",
+        jobs[0]
+    );
     for a in agents {
         a.shutdown().await;
     }

@@ -21,9 +21,11 @@ async fn agent(net: &TestNetwork) -> (shoal::agent::AgentHandle, usize) {
     let mut c = net.config("target");
     c.replication.max_file_size = bytesize::ByteSize::b(MAX);
     let a = start(c).await;
-    eventually(Duration::from_secs(5), "own node and health records stored", || {
-        a.replication().summary().0 >= 2
-    })
+    eventually(
+        Duration::from_secs(5),
+        "own node, health and schedules records stored",
+        || a.replication().summary().0 >= 3,
+    )
     .await;
     let chunks = a.replication().store().chunk_count();
     (a, chunks)

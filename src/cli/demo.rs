@@ -55,6 +55,7 @@ pub async fn run(n: usize) -> i32 {
         config.network.network_key = Some(network.public());
         config.network.certificate = Some(cert.to_base64());
         config.http.listen = free_http_port(DEMO_HTTP_BASE_PORT + i as u16 - 1);
+        config.schedules = demo_schedules(&state);
         if let Some(seed) = seed {
             config.cluster.bootstrap = vec![HostPort {
                 host: seed.ip().to_string(),
@@ -84,6 +85,11 @@ pub async fn run(n: usize) -> i32 {
         );
     }
     println!("try: shoal members --url http://{}", agents[0].http_addr);
+    println!("     shoal schedules --url http://{}", agents[0].http_addr);
+    println!(
+        "     shoal run demo-snapshot --wait --url http://{}",
+        agents[0].http_addr
+    );
     println!("press Ctrl-C to stop");
     super::shutdown_signal().await;
     futures_util::future::join_all(agents.into_iter().map(AgentHandle::shutdown)).await;
@@ -99,4 +105,20 @@ fn free_http_port(preferred: u16) -> SocketAddr {
         Ok(_) => want,
         Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
     }
+}
+
+/// A harmless schedule per demo node, so `shoal schedules` has something to show.
+fn demo_schedules(state: &std::path::Path) -> Vec<crate::config::schedules::ScheduleConfig> {
+    let out = state.join("demo-snapshot.tar.gz");
+    let script = format!(
+        "echo snapshotting; tar -czf {} -C {} node.key; ls -l {}",
+        out.display(),
+        state.display(),
+        out.display()
+    );
+    let text = format!(
+        "id = \"demo-snapshot\"\ndescription = \"Tarball of this node's state (demo)\"\nschedule = \"*/2 * * * *\"\ncommand = [\"sh\", \"-c\", {script:?}]\ntimeout = \"1m\"\nrepository = {:?}\nretention = \"1d\"\ntargets = [\"node.key\"]",
+        state.display().to_string()
+    );
+    toml::from_str(&text).map(|s| vec![s]).unwrap_or_default()
 }

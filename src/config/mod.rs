@@ -156,7 +156,7 @@ impl fmt::Debug for WebhookConfig {
 }
 
 fn default_webhook_events() -> Vec<String> {
-    ["node_down", "node_up", "check_failing", "check_ok"]
+    ["node_down", "node_up", "check_failing", "check_ok", "job_failed"]
         .iter()
         .map(|s| s.to_string())
         .collect()
@@ -1028,7 +1028,7 @@ mod tests {
     #[test]
     fn webhooks() {
         let c = parse(&format!("{ALLOW}[[notify.webhooks]]\nname = \"ops\"\nurl = \"https://discord.com/api/webhooks/1/secret\"\nformat = \"discord\"\n")).unwrap();
-        assert_eq!(c.notify.webhooks[0].events.len(), 4);
+        assert_eq!(c.notify.webhooks[0].events.len(), 5);
         assert!(
             !format!("{:?}", c.notify.webhooks[0]).contains("secret"),
             "Debug never shows the URL"

@@ -45,6 +45,8 @@ pub fn body(format: WebhookFormat, event: &Event) -> serde_json::Value {
             "node": event.node_name,
             "node_key": event.node,
             "check": event.check,
+            "schedule": event.schedule,
+            "job": event.job,
             "detail": event.detail,
             "at": crate::time::rfc3339_ms(event.at_ms),
             "message": text,
