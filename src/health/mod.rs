@@ -2,8 +2,8 @@
 //! as a signed `RecordKind::Health` record.
 //!
 //! The report is evaluated every `[health] interval` and whenever a check changes state.
-//! A change of status or of a check is broadcast at once. A change of the membership view is
-//! broadcast once the view has held still for an interval, so a cold start or a burst of
+//! A change of status or of a check is broadcast at once. A change of the membership view or of
+//! the files held is broadcast once it has held still for an interval, so a cold start or a burst of
 //! failures costs one version per node, not one per change seen. Machine figures (load,
 //! memory, disk, RTTs) go out with the refresh every `[health] refresh`, quietly (spread by
 //! anti-entropy, no broadcast). Per-node records cost
@@ -56,7 +56,7 @@ async fn run(ctx: HealthContext) {
     let mut published: Option<HealthReport> = None;
     let mut published_at = tokio::time::Instant::now();
     // A membership view waiting to be published, and since when it has held still.
-    let mut pending_view: Option<(Vec<(report::KeyPrefix, MemberState)>, tokio::time::Instant)> = None;
+    let mut pending_view: Option<(report::View, tokio::time::Instant)> = None;
     let mut tick = tokio::time::interval(ctx.config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -138,5 +138,24 @@ fn build(ctx: &HealthContext, checks: &[CheckResult]) -> HealthReport {
         members: counts,
         peers,
         checks: checks.to_vec(),
+        files: held_files(&ctx.replication),
     }
+}
+
+fn held_files(replication: &ReplicationHandle) -> Vec<report::HeldFile> {
+    let mut files: Vec<report::HeldFile> = replication
+        .files()
+        .iter()
+        .filter(|i| !i.meta.deleted)
+        .filter_map(|i| match &i.meta.key {
+            crate::replication::item::ItemKey::File { name } => Some(report::HeldFile {
+                name: report::file_prefix(name),
+                version: i.meta.version,
+            }),
+            _ => None,
+        })
+        .collect();
+    files.sort();
+    files.truncate(report::MAX_REPORTED_FILES);
+    files
 }

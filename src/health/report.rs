@@ -49,6 +49,26 @@ pub struct PeerLink {
     pub rtt_us: Option<u32>,
 }
 
+/// Most files a report lists (a `[files]` section is a short list of names).
+pub const MAX_REPORTED_FILES: usize = 512;
+
+/// A file version the reporting node holds, so every node can tell on how many nodes each file
+/// is present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HeldFile {
+    /// First 8 bytes of blake3 of the name (names can be long; this keeps reports small).
+    pub name: [u8; 8],
+    /// The version held.
+    pub version: u64,
+}
+
+/// The name prefix [`HeldFile`] uses.
+pub fn file_prefix(name: &str) -> [u8; 8] {
+    blake3::hash(name.as_bytes()).as_bytes()[..8]
+        .try_into()
+        .expect("8 bytes")
+}
+
 /// A node's health report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthReport {
@@ -72,6 +92,8 @@ pub struct HealthReport {
     pub peers: Vec<PeerLink>,
     /// Results of its configured checks.
     pub checks: Vec<CheckResult>,
+    /// The files it holds (current versions, deletes excluded), sorted.
+    pub files: Vec<HeldFile>,
 }
 
 impl HealthReport {
@@ -90,15 +112,18 @@ impl HealthReport {
 pub enum Change {
     /// Nothing worth publishing.
     None,
-    /// The membership view changed: publish once it has settled.
+    /// The membership view or the files held changed: publish once it has settled.
     View,
     /// Status or a check changed: broadcast at once.
     Significant,
 }
 
-/// The membership view a report carries: each peer and its state.
-pub fn view(r: &HealthReport) -> Vec<(KeyPrefix, MemberState)> {
-    r.peers.iter().map(|p| (p.node, p.state)).collect()
+/// What a report says about the mesh: each peer and its state, and the files held.
+pub type View = (Vec<(KeyPrefix, MemberState)>, Vec<HeldFile>);
+
+/// The view a report carries.
+pub fn view(r: &HealthReport) -> View {
+    (r.peers.iter().map(|p| (p.node, p.state)).collect(), r.files.clone())
 }
 
 /// Classifies the difference between the last published report and a new one.
@@ -141,6 +166,7 @@ mod tests {
                 down: 0,
             },
             peers: vec![],
+            files: vec![],
             checks: vec![CheckResult {
                 name: "db".into(),
                 kind: CheckType::Tcp,
@@ -171,6 +197,12 @@ mod tests {
         let mut c = a.clone();
         c.members.down = 1;
         assert_eq!(compare(Some(&a), &c), Change::View);
+        let mut f = a.clone();
+        f.files.push(HeldFile {
+            name: file_prefix("app.conf"),
+            version: 1,
+        });
+        assert_eq!(compare(Some(&a), &f), Change::View, "a file arrived");
         let mut d = a.clone();
         d.checks[0].status = CheckStatus::Failing;
         d.status = NodeStatus::Degraded;

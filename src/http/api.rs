@@ -95,6 +95,9 @@ pub struct FileList {
     pub files: Vec<FileInfo>,
     /// Names configured in `[files]`.
     pub configured: Vec<String>,
+    /// Alive nodes, the denominator of each file's `present_on`.
+    #[serde(default)]
+    pub nodes_alive: usize,
 }
 
 /// One file's current version.
@@ -114,6 +117,10 @@ pub struct FileInfo {
     pub hash: String,
     /// Whether the current version is a delete.
     pub deleted: bool,
+    /// Alive nodes whose latest health report says they hold this version (reports follow a
+    /// change within about `[health] interval`). Only in listings.
+    #[serde(default)]
+    pub present_on: Option<usize>,
 }
 
 /// `GET /api/replication`: the state of this node's replica and its counters.
@@ -186,6 +193,20 @@ pub struct NodeView {
     pub report: Option<crate::health::report::HealthReport>,
     /// Seconds since that report was made.
     pub report_age_secs: Option<u64>,
+    /// Files its report says it holds, by name (names this node knows).
+    #[serde(default)]
+    pub files: Vec<HeldFileView>,
+}
+
+/// A file a node holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldFileView {
+    /// File name.
+    pub name: String,
+    /// Version it holds.
+    pub version: u64,
+    /// Whether that is the current version (as this node knows it).
+    pub current: bool,
 }
 
 /// `GET /api/graph`: who reaches whom, as each side reports it.

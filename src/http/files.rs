@@ -67,15 +67,33 @@ pub(super) fn info_of(item: &SignedItem) -> Option<api::FileInfo> {
         size: item.meta.size,
         hash: blake3::Hash::from_bytes(item.meta.hash).to_hex().to_string(),
         deleted: item.meta.deleted,
+        present_on: None,
     })
 }
 
 pub(super) async fn list(State(state): State<ApiState>) -> Json<api::FileList> {
     let mut files: Vec<api::FileInfo> = state.replication.files().iter().filter_map(info_of).collect();
     files.sort_by(|a, b| a.name.cmp(&b.name));
+    // Presence: what each alive node's latest report says it holds.
+    let snapshot = state.membership.snapshot();
+    let reports = super::nodes::reports(&state);
+    let held: Vec<&[crate::health::report::HeldFile]> = snapshot
+        .members
+        .iter()
+        .filter(|m| m.state == crate::membership::MemberState::Alive)
+        .filter_map(|m| reports.get(&m.id.key).map(|r| r.files.as_slice()))
+        .collect();
+    for f in &mut files {
+        let want = crate::health::report::HeldFile {
+            name: crate::health::report::file_prefix(&f.name),
+            version: f.version,
+        };
+        f.present_on = Some(held.iter().filter(|h| h.binary_search(&want).is_ok()).count());
+    }
     Json(api::FileList {
         files,
         configured: state.replication.policy().files.keys().cloned().collect(),
+        nodes_alive: snapshot.counts().0,
     })
 }
 

@@ -2,6 +2,7 @@
 //! wait on the membership task.
 
 pub mod api;
+mod dashboard;
 mod files;
 mod nodes;
 mod schedules;
@@ -66,6 +67,9 @@ const ENVELOPE_OVERHEAD: usize = 64 * 1024;
 pub fn router(state: ApiState) -> Router {
     let max_upload = state.replication.policy().max_file_size as usize + ENVELOPE_OVERHEAD;
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/app.js", get(dashboard::app_js))
+        .route("/assets/app.css", get(dashboard::app_css))
         .route("/api/health", get(health))
         .route("/api/members", get(members))
         .route("/api/replication", get(replication))

@@ -19,7 +19,7 @@ use crate::replication::item::{ItemKey, RecordKind};
 /// Events returned by one `GET /api/events` at most.
 pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
 
-fn reports(state: &ApiState) -> HashMap<PublicKey, HealthReport> {
+pub(super) fn reports(state: &ApiState) -> HashMap<PublicKey, HealthReport> {
     state
         .replication
         .records(RecordKind::Health)
@@ -51,6 +51,7 @@ fn all_nodes(state: &ApiState) -> Vec<api::NodeView> {
                 addr: Some(m.id.addr),
                 report: reports.remove(&m.id.key),
                 report_age_secs: None,
+                files: Vec::new(),
             },
         );
     }
@@ -71,12 +72,37 @@ fn all_nodes(state: &ApiState) -> Vec<api::NodeView> {
                 addr: None,
                 report: Some(report),
                 report_age_secs: None,
+                files: Vec::new(),
             },
         );
     }
     let mut list: Vec<api::NodeView> = nodes.into_values().collect();
+    let known: HashMap<[u8; 8], (String, u64)> = state
+        .replication
+        .files()
+        .iter()
+        .filter_map(|i| match &i.meta.key {
+            ItemKey::File { name } => Some((crate::health::report::file_prefix(name), (name.clone(), i.meta.version))),
+            ItemKey::Node { .. } => None,
+        })
+        .collect();
     for n in &mut list {
         n.report_age_secs = n.report.as_ref().map(|r| now.saturating_sub(r.reported_at_ms) / 1000);
+        if let Some(r) = &n.report {
+            n.files = r
+                .files
+                .iter()
+                .filter_map(|h| {
+                    let (name, current) = known.get(&h.name)?;
+                    Some(api::HeldFileView {
+                        name: name.clone(),
+                        version: h.version,
+                        current: h.version == *current,
+                    })
+                })
+                .collect();
+            n.files.sort_by(|a, b| a.name.cmp(&b.name));
+        }
     }
     list.sort_by(|a, b| a.name.cmp(&b.name).then(a.key.cmp(&b.key)));
     list
