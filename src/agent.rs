@@ -97,6 +97,7 @@ pub struct AgentHandle {
     http_stop: CancellationToken,
     store_dir: PathBuf,
     schedules: crate::schedules::SchedulesHandle,
+    reloader: crate::reload::ReloadHandle,
     replication_task: JoinHandle<()>,
     /// Health report and checks; events derived from membership and reports; the scheduler;
     /// the notifier.
@@ -147,6 +148,11 @@ impl AgentHandle {
         self.transport.udp_bytes()
     }
 
+    /// Reloads the config file (as on SIGHUP or when the file changes).
+    pub async fn reload(&self) -> Result<crate::reload::Applied, String> {
+        self.reloader.reload().await
+    }
+
     /// Leaves the cluster, stops serving and flushes state.
     pub async fn shutdown(self) {
         info!(node = %self.name, "leaving the cluster");
@@ -156,6 +162,7 @@ impl AgentHandle {
         // Running jobs are killed and recorded as aborted, and the mesh is told, while we are
         // still a member.
         self.schedules.stop().await;
+        self.reloader.stop().await;
         for t in self.side_tasks {
             t.abort();
             let _ = t.await;
@@ -177,6 +184,7 @@ impl AgentHandle {
         self.transport.abort();
         self.join_task.abort();
         self.membership_task.abort();
+        self.reloader.stop().await;
         for t in self.side_tasks {
             t.abort();
             let _ = t.await;
@@ -204,7 +212,24 @@ async fn stop_http(mut task: JoinHandle<()>) {
 /// Runs an agent until `shutdown` completes, then leaves gracefully.
 pub async fn run(config: Config, config_path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let agent = start(config, config_path).await?;
-    shutdown.await;
+    tokio::pin!(shutdown);
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = hup.recv() => {
+                    info!("SIGHUP received, reloading the configuration");
+                    if let Err(e) = agent.reload().await {
+                        error!(error = %e, "reload failed");
+                    }
+                }
+            }
+        },
+        Err(e) => {
+            warn!(error = %e, "cannot handle SIGHUP; the config file is still watched");
+            shutdown.await;
+        }
+    }
     agent.shutdown().await;
     Ok(())
 }
@@ -328,21 +353,16 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
     };
     let events = crate::events::EventLog::open(&store)?;
     let events_task = crate::events::spawn(events.clone(), membership.clone(), replication.clone());
+    let counters = Arc::new(crate::metrics::Counters::default());
     let jobs = crate::schedules::jobs::JobStore::open(&store)?;
     let (schedules, schedules_task) = crate::schedules::spawn(crate::schedules::SchedulerContext {
         schedules: config.schedules.clone(),
         jobs: jobs.clone(),
         replication: replication.clone(),
         state_dir: state_dir.clone(),
+        counters: counters.clone(),
     });
-    let health_task = crate::health::spawn(crate::health::HealthContext {
-        config: config.health.clone(),
-        replication: replication.clone(),
-        membership: membership.clone(),
-        transport: transport.clone(),
-        state_dir: state_dir.clone(),
-        started_at_ms: crate::time::unix_ms(),
-    });
+    let started_at_ms = crate::time::unix_ms();
     let network_id = config.network_id();
     transport.set_stream_handler(Arc::new(crate::rpc::Dispatcher::new(
         replication.syncer(transport.clone()),
@@ -351,22 +371,14 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             replication: replication.clone(),
         }),
         jobs,
+        counters.clone(),
     )));
-    let notify_task = crate::notify::spawn(crate::notify::NotifyContext {
-        webhooks: config.notify.webhooks.clone(),
-        network_id,
-        local: key,
-        membership: membership.clone(),
-        replication: replication.clone(),
-        transport: transport.clone(),
-        events: events.clone(),
-    });
     let info = NodeInfo {
         name: name.clone(),
         version: crate::VERSION.to_string(),
         addr: cluster_addr,
         generation,
-        started_at_ms: crate::time::unix_ms(),
+        started_at_ms,
         webhooks: config
             .notify
             .webhooks
@@ -377,9 +389,25 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
     if let Ok(content) = crate::codec::encode(&info) {
         replication.publish(RecordKind::NodeInfo, content).await;
     }
+    let (bootstrap_tx, bootstrap_rx) = watch::channel(config.cluster.bootstrap.clone());
+    // Owns the health and notifier tasks, which a reload may restart.
+    let (reloader, reload_task) = crate::reload::spawn(crate::reload::Reloader {
+        path: config_path.to_path_buf(),
+        current: config.clone(),
+        replication: replication.clone(),
+        membership: membership.clone(),
+        transport: transport.clone(),
+        events: events.clone(),
+        counters: counters.clone(),
+        schedules: schedules.clone(),
+        bootstrap: bootstrap_tx,
+        node_info: info,
+        local: key,
+        started_at_ms,
+    });
     let join_task = tokio::spawn(membership::run_join(
         JoinConfig {
-            bootstrap: config.cluster.bootstrap.clone(),
+            bootstrap: bootstrap_rx,
             backoff_max: config.cluster.join_backoff_max,
             advertise: cluster_addr,
         },
@@ -394,12 +422,10 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             membership_task.abort();
             join_task.abort();
             replication_task.abort();
-            health_task.abort();
+            reloader.stop().await;
+            reload_task.abort();
             events_task.abort();
             schedules_task.abort();
-            if let Some(t) = &notify_task {
-                t.abort();
-            }
             return Err(AgentError::Http {
                 addr: config.http.listen,
                 source,
@@ -426,6 +452,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         forget_after: config.health.forget_after,
         schedules: schedules.clone(),
         transport: transport.clone(),
+        counters,
     });
     let stop = http_stop.clone();
     let http_task = tokio::spawn(async move {
@@ -454,10 +481,8 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         store_dir: state_dir,
         replication_task,
         schedules,
-        side_tasks: [Some(health_task), Some(events_task), Some(schedules_task), notify_task]
-            .into_iter()
-            .flatten()
-            .collect(),
+        reloader,
+        side_tasks: vec![events_task, schedules_task, reload_task],
         membership_task,
         join_task,
         http_task,

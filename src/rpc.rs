@@ -94,16 +94,36 @@ pub struct Dispatcher {
     sync: Syncer,
     confirmer: Arc<dyn Confirmer>,
     jobs: JobStore,
+    counters: Arc<crate::metrics::Counters>,
 }
 
 impl Dispatcher {
     /// A dispatcher over replication's `sync`, a `confirmer` and the job history.
-    pub fn new(sync: Syncer, confirmer: Arc<dyn Confirmer>, jobs: JobStore) -> Dispatcher {
-        Dispatcher { sync, confirmer, jobs }
+    pub fn new(
+        sync: Syncer,
+        confirmer: Arc<dyn Confirmer>,
+        jobs: JobStore,
+        counters: Arc<crate::metrics::Counters>,
+    ) -> Dispatcher {
+        Dispatcher {
+            sync,
+            confirmer,
+            jobs,
+            counters,
+        }
     }
 
     async fn serve(self, peer: PeerInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let result = match read_frame::<Request>(&mut recv).await {
+        let request = read_frame::<Request>(&mut recv).await;
+        if let Ok(Some(r)) = &request {
+            self.counters.stream(match r {
+                Request::Reconcile(_) => 0,
+                Request::GetBody { .. } => 1,
+                Request::Confirm(_) => 2,
+                Request::Job { .. } => 3,
+            });
+        }
+        let result = match request {
             Ok(Some(Request::Reconcile(turn))) => self.sync.serve_reconcile(peer.key, &mut send, &mut recv, turn).await,
             Ok(Some(Request::GetBody { hash })) => self.sync.serve_body(&mut send, hash).await,
             Ok(Some(Request::Confirm(claim))) => {

@@ -74,7 +74,7 @@ pub enum ConfigError {
 }
 
 /// The whole agent configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[node]`: who this node is and where it keeps state.
@@ -108,7 +108,7 @@ pub struct Config {
 }
 
 /// `[notify]` section.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NotifySection {
     /// `[[notify.webhooks]]`.
@@ -130,7 +130,7 @@ pub enum WebhookFormat {
 
 /// One `[[notify.webhooks]]` entry. Nodes with the same name and URL share the webhook: one
 /// of them (the leader) sends each notification.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Name (shown in logs and APIs instead of the URL).
@@ -163,7 +163,7 @@ fn default_webhook_events() -> Vec<String> {
 }
 
 /// `[health]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSection {
     /// How often the report is evaluated (and the default check interval). A report whose
@@ -222,7 +222,7 @@ pub enum CheckType {
 }
 
 /// One `[[health.checks]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
     /// Name, unique on this node: 1-63 characters from A-Z a-z 0-9 . _ -.
@@ -253,7 +253,7 @@ pub struct CheckConfig {
 }
 
 /// `[replication]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationSection {
     /// How often to reconcile with a random peer (also done at once when this node joins
@@ -289,7 +289,7 @@ fn default_max_clock_skew() -> Duration {
 }
 
 /// `[node]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Node name shown to operators. Default: the network certificate's name, else the
@@ -318,7 +318,7 @@ fn default_state_dir() -> PathBuf {
 }
 
 /// `[cluster]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// UDP address of the QUIC endpoint. Default `0.0.0.0:7946`.
@@ -410,7 +410,7 @@ fn default_max_connections() -> usize {
 }
 
 /// `[network]` section: admission by network certificate, by allowlist, or both.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
     /// The network public key (network id). Peers holding a certificate it signed are admitted.
@@ -429,7 +429,7 @@ pub struct NetworkConfig {
 }
 
 /// `[http]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address of the local API and dashboard. Default `127.0.0.1:7331` (loopback only).

@@ -21,7 +21,7 @@ pub const MAX_LOG_TAIL: u64 = 1024 * 1024;
 pub const MAX_KEEP_RUNS: usize = 10_000;
 
 /// One `[[schedules]]` entry.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// Id, unique on this node: 1-63 characters from A-Z a-z 0-9 . _ -.

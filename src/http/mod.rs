@@ -4,6 +4,7 @@
 pub mod api;
 mod dashboard;
 mod files;
+mod metrics;
 mod nodes;
 mod schedules;
 
@@ -58,6 +59,8 @@ pub struct ApiState {
     pub schedules: crate::schedules::SchedulesHandle,
     /// To fetch other nodes' job logs.
     pub transport: crate::transport::Transport,
+    /// Counters of the dispatcher, scheduler, notifier and reloader.
+    pub counters: std::sync::Arc<crate::metrics::Counters>,
 }
 
 /// Request bodies beyond the largest file get this much room for the envelope around it.
@@ -70,6 +73,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/", get(dashboard::index))
         .route("/assets/app.js", get(dashboard::app_js))
         .route("/assets/app.css", get(dashboard::app_css))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/health", get(health))
         .route("/api/members", get(members))
         .route("/api/replication", get(replication))

@@ -23,8 +23,8 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Settings of the join loop.
 #[derive(Debug, Clone)]
 pub struct JoinConfig {
-    /// Bootstrap peers.
-    pub bootstrap: Vec<HostPort>,
+    /// Bootstrap peers; a config reload can replace them.
+    pub bootstrap: tokio::sync::watch::Receiver<Vec<HostPort>>,
     /// Longest wait between attempts.
     pub backoff_max: Duration,
     /// Our advertised address, never dialled.
@@ -32,13 +32,17 @@ pub struct JoinConfig {
 }
 
 /// Runs forever (until the task is dropped): joins, and rejoins after isolation.
-pub async fn run_join(config: JoinConfig, transport: Transport, membership: MembershipHandle) {
-    if config.bootstrap.is_empty() {
-        info!("no bootstrap nodes configured; waiting for others to join this node");
-        return;
-    }
+pub async fn run_join(mut config: JoinConfig, transport: Transport, membership: MembershipHandle) {
     let mut snapshots = membership.subscribe();
     loop {
+        if config.bootstrap.borrow_and_update().is_empty() {
+            info!("no bootstrap nodes configured; waiting for others to join this node");
+            // A reload may add some.
+            if config.bootstrap.wait_for(|b| !b.is_empty()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         // Wait until we are not part of a cluster.
         if snapshots.wait_for(|s| !s.joined).await.is_err() {
             return;
@@ -68,7 +72,8 @@ pub async fn run_join(config: JoinConfig, transport: Transport, membership: Memb
 /// One pass over the bootstrap list; returns how many peers we announced to.
 async fn attempt_join(config: &JoinConfig, transport: &Transport, membership: &MembershipHandle) -> usize {
     let mut addrs = BTreeSet::new();
-    for hp in &config.bootstrap {
+    let bootstrap = config.bootstrap.borrow().clone();
+    for hp in &bootstrap {
         match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((hp.host.as_str(), hp.port))).await {
             Ok(Ok(resolved)) => addrs.extend(resolved),
             Ok(Err(e)) => warn!(bootstrap = %hp, error = %e, "cannot resolve bootstrap node"),

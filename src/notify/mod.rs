@@ -99,6 +99,8 @@ pub struct NotifyContext {
     pub transport: Transport,
     /// Events.
     pub events: Arc<EventLog>,
+    /// Where deliveries are counted.
+    pub counters: Arc<crate::metrics::Counters>,
 }
 
 struct Hook {
@@ -362,6 +364,7 @@ impl Notifier {
         let format = hook.config.format;
         let hook_id = hook.id;
         let tx = self.done_tx.clone();
+        let counters = self.ctx.counters.clone();
         tokio::spawn(async move {
             let claim = claim_of(&event);
             let mut confirmed = false;
@@ -378,8 +381,18 @@ impl Notifier {
                 Outcome::NotConfirmed
             } else {
                 match deliver::post(&client, &url, format, &event).await {
-                    Ok(()) => Outcome::Delivered,
-                    Err(e) => Outcome::Failed(e),
+                    Ok(()) => {
+                        counters
+                            .webhook_delivered
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Outcome::Delivered
+                    }
+                    Err(e) => {
+                        counters
+                            .webhook_failed
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Outcome::Failed(e)
+                    }
                 }
             };
             let _ = tx

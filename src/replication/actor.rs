@@ -203,6 +203,7 @@ impl Actor {
                     }
                 }
             }
+            Command::SyncNow => self.sync_with(None, true),
             Command::Upload { item, reply } => {
                 let result = self.upload(item).await;
                 let _ = reply.send(result);
@@ -319,7 +320,7 @@ impl Actor {
             return;
         }
         let meta = ItemMeta {
-            network: self.shared.policy.network_id,
+            network: self.shared.policy().network_id,
             key,
             version: self.hlc.issue(crate::time::unix_ms()),
             signer: node,

@@ -85,7 +85,7 @@ impl BroadcastFilter for ItemFilter {
                 .ok()
                 .map(|i| broadcast_key(&i));
         };
-        let verified = match self.shared.policy.verify(&wire, crate::time::unix_ms()) {
+        let verified = match self.shared.policy().verify(&wire, crate::time::unix_ms()) {
             Ok(v) => v,
             Err(reason) => {
                 let what = super::item::ItemMeta::decode(&wire.meta)

@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod records;
 pub mod sync;
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -179,6 +180,8 @@ pub(crate) enum Command {
         ok: bool,
     },
     SyncDone,
+    /// Start an anti-entropy round with a random peer now (after a config reload).
+    SyncNow,
 }
 
 /// State shared between the replication task (sole writer of the index and items) and the
@@ -186,7 +189,8 @@ pub(crate) enum Command {
 pub(crate) struct Shared {
     pub index: RwLock<Index>,
     pub store: Store,
-    pub policy: Arc<Policy>,
+    /// Replaced whole on a config reload (`[files]`); readers take the current `Arc`.
+    pub policy: std::sync::RwLock<Arc<Policy>>,
     pub stats: Stats,
     /// The replication task and everything it spawns (fetches, sessions).
     pub tasks: TaskTracker,
@@ -195,6 +199,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The acceptance policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The content of a stored, non-deleted item of at most `limit` bytes.
     pub fn small_content(&self, item: &item::SignedItem, limit: usize) -> Option<Vec<u8>> {
         if item.meta.deleted || item.meta.size as usize > limit {
@@ -245,9 +254,22 @@ pub enum UploadError {
 }
 
 impl ReplicationHandle {
-    /// The acceptance policy.
-    pub fn policy(&self) -> &Policy {
-        &self.shared.policy
+    /// The acceptance policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.shared.policy()
+    }
+
+    /// Replaces the `[files]` part of the policy (config reload). Items already stored stay;
+    /// from now on, names and signers are checked against `files`. An anti-entropy round with
+    /// a peer then fetches items of newly accepted names that peers hold.
+    pub async fn set_files(&self, files: BTreeMap<String, HashSet<crate::identity::PublicKey>>) {
+        {
+            let mut p = self.shared.policy.write().unwrap_or_else(|e| e.into_inner());
+            let mut next = Policy::clone(&p);
+            next.files = files;
+            *p = Arc::new(next);
+        }
+        let _ = self.cmds.send(Command::SyncNow).await;
     }
 
     /// Counters.
@@ -384,7 +406,7 @@ pub fn channel(store: Store, policy: Policy) -> (ReplicationHandle, ActorParts) 
     let shared = Arc::new(Shared {
         index: RwLock::new(Index::default()),
         store,
-        policy: Arc::new(policy),
+        policy: std::sync::RwLock::new(Arc::new(policy)),
         stats: Stats::default(),
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),

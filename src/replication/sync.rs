@@ -142,7 +142,7 @@ impl Syncer {
 
     /// Verifies an item a peer sent during reconciliation and hands it to the replication task.
     async fn accept(&self, peer: PublicKey, wire: WireItem) {
-        match self.shared.policy.verify(&wire, crate::time::unix_ms()) {
+        match self.shared.policy().verify(&wire, crate::time::unix_ms()) {
             Ok(item) => {
                 // Both sides send their version of a differing key; the older one is expected
                 // traffic here, not a replay worth counting.

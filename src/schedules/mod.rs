@@ -68,6 +68,7 @@ enum Command {
     Stop {
         done: oneshot::Sender<()>,
     },
+    Reload(Vec<ScheduleConfig>),
 }
 
 /// A job anywhere in the mesh: `<first 6 bytes of the node key, hex>-<seq>`.
@@ -131,6 +132,8 @@ pub struct SchedulerContext {
     pub replication: ReplicationHandle,
     /// Default working directory of jobs.
     pub state_dir: PathBuf,
+    /// Where finished runs are counted.
+    pub counters: std::sync::Arc<crate::metrics::Counters>,
 }
 
 /// Talks to the scheduler task. Cheap to clone.
@@ -152,6 +155,12 @@ impl SchedulesHandle {
             .await
             .map_err(|_| RunError::Stopped)?;
         rx.await.map_err(|_| RunError::Stopped)?
+    }
+
+    /// Replaces the schedules (config reload). Runs in progress go on, also of schedules that
+    /// were removed; new times apply from now on.
+    pub async fn reload(&self, schedules: Vec<ScheduleConfig>) {
+        let _ = self.tx.send(Command::Reload(schedules)).await;
     }
 
     /// Stops the scheduler: running jobs are killed and recorded as aborted.
@@ -237,6 +246,7 @@ async fn run(ctx: SchedulerContext, mut rx: mpsc::Receiver<Command>) {
                 Some(Command::RunNow { id, reply }) => {
                     let _ = reply.send(s.start(&id, Trigger::Manual));
                 }
+                Some(Command::Reload(schedules)) => s.reload(schedules),
                 Some(Command::Stop { done }) => {
                     s.stop().await;
                     let _ = done.send(());
@@ -262,6 +272,24 @@ fn wake_at(due_ms: Option<u64>) -> tokio::time::Instant {
 }
 
 impl Scheduler {
+    fn reload(&mut self, schedules: Vec<ScheduleConfig>) {
+        let now = crate::time::unix_ms();
+        let plan = schedules
+            .iter()
+            .filter_map(|s| s.cron().ok().map(|c| (s.id.clone(), c)))
+            .collect();
+        self.planner = Planner::new(plan, now);
+        for s in &schedules {
+            if !self.recent.contains_key(&s.id) {
+                self.recent
+                    .insert(s.id.clone(), self.ctx.jobs.list(Some(&s.id), RECENT_JOBS).into());
+            }
+        }
+        info!(schedules = schedules.len(), "schedules reloaded");
+        self.ctx.schedules = schedules;
+        self.dirty = true;
+    }
+
     fn config(&self, id: &str) -> Option<&ScheduleConfig> {
         self.ctx.schedules.iter().find(|s| s.id == id)
     }
@@ -282,6 +310,7 @@ impl Scheduler {
                     running = job,
                     "previous run still going; skipping this one"
                 );
+                self.ctx.counters.job_finished(JobStatus::Skipped);
                 self.record(Job {
                     seq,
                     schedule: id.to_string(),
@@ -341,6 +370,7 @@ impl Scheduler {
             output_bytes: outcome.log.total,
             ..job
         };
+        self.ctx.counters.job_finished(job.status);
         if let Err(e) = self.ctx.jobs.finish_log(seq, &outcome.log) {
             error!(job = seq, error = %e, "storing a job log");
         }
@@ -441,6 +471,7 @@ impl Scheduler {
             }
             let _ = self.ctx.jobs.put(&job);
             warn!(schedule = %job.schedule, job = seq, "job aborted: the agent is stopping");
+            self.ctx.counters.job_finished(JobStatus::Aborted);
             self.record(job);
         }
         if self.dirty {

@@ -1,0 +1,300 @@
+//! Live configuration reload.
+//!
+//! One task watches the config file (inotify on its directory, since editors replace files by
+//! renaming) and also reloads on request (`SIGHUP`, [`ReloadHandle::reload`]). A new file is
+//! parsed and validated as at start; if it is broken the running configuration is kept and the
+//! error logged. Otherwise what can change live is applied: `[files]`, `[[schedules]]`,
+//! `[health]`, `[[notify.webhooks]]` and `[cluster] bootstrap`. Changes to anything else
+//! (addresses, keys, network, timings) are logged as needing a restart.
+//!
+//! The task owns the health and notifier tasks, because applying `[health]` or webhooks
+//! restarts them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, HostPort};
+use crate::events::EventLog;
+use crate::identity::PublicKey;
+use crate::membership::MembershipHandle;
+use crate::metrics::Counters;
+use crate::replication::ReplicationHandle;
+use crate::replication::item::RecordKind;
+use crate::replication::records::NodeInfo;
+use crate::schedules::SchedulesHandle;
+use crate::transport::Transport;
+
+/// Capacity of the request channel.
+pub const REQUEST_CAPACITY: usize = 4;
+/// File events closer together than this make one reload (an editor's save is several).
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Sections applied live, by the name a reload reports.
+pub const LIVE_SECTIONS: [&str; 5] = ["files", "schedules", "health", "notify.webhooks", "cluster.bootstrap"];
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Sections changed and applied.
+    pub applied: Vec<&'static str>,
+    /// Sections changed that need a restart (not applied).
+    pub need_restart: Vec<&'static str>,
+}
+
+enum Request {
+    Reload(oneshot::Sender<Result<Applied, String>>),
+    Stop(oneshot::Sender<()>),
+}
+
+/// Asks the reload task to reload or stop.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl ReloadHandle {
+    /// Reloads the config file now; returns what changed, or why the file was refused.
+    pub async fn reload(&self) -> Result<Applied, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Reload(tx))
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        rx.await.map_err(|_| "the agent is stopping".to_string())?
+    }
+
+    /// Stops watching, and stops the health and notifier tasks.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Everything the reload task needs, and the tasks it restarts.
+pub struct Reloader {
+    /// The config file.
+    pub path: PathBuf,
+    /// The configuration running now.
+    pub current: Config,
+    /// Where `[files]` go, and records are published.
+    pub replication: ReplicationHandle,
+    /// For health and the notifier.
+    pub membership: MembershipHandle,
+    /// For health and the notifier.
+    pub transport: Transport,
+    /// For the notifier.
+    pub events: Arc<EventLog>,
+    /// Counts reloads and deliveries.
+    pub counters: Arc<Counters>,
+    /// Where `[[schedules]]` go.
+    pub schedules: SchedulesHandle,
+    /// The join task's bootstrap list.
+    pub bootstrap: watch::Sender<Vec<HostPort>>,
+    /// This node's record, republished when its webhooks change.
+    pub node_info: NodeInfo,
+    /// This node's key.
+    pub local: PublicKey,
+    /// Agent start, Unix ms.
+    pub started_at_ms: u64,
+}
+
+impl Reloader {
+    fn spawn_health(&self) -> JoinHandle<()> {
+        crate::health::spawn(crate::health::HealthContext {
+            config: self.current.health.clone(),
+            replication: self.replication.clone(),
+            membership: self.membership.clone(),
+            transport: self.transport.clone(),
+            state_dir: self.current.node.state_dir.clone(),
+            started_at_ms: self.started_at_ms,
+        })
+    }
+
+    fn spawn_notify(&self) -> Option<JoinHandle<()>> {
+        crate::notify::spawn(crate::notify::NotifyContext {
+            webhooks: self.current.notify.webhooks.clone(),
+            network_id: self.current.network_id(),
+            local: self.local,
+            membership: self.membership.clone(),
+            replication: self.replication.clone(),
+            transport: self.transport.clone(),
+            events: self.events.clone(),
+            counters: self.counters.clone(),
+        })
+    }
+}
+
+/// `[files]` as the replication policy wants it.
+pub fn files_policy(config: &Config) -> BTreeMap<String, HashSet<PublicKey>> {
+    config
+        .files
+        .iter()
+        .map(|(name, keys)| (name.clone(), keys.iter().copied().collect()))
+        .collect()
+}
+
+/// Starts the health and notifier tasks and the reload task that owns them.
+pub fn spawn(reloader: Reloader) -> (ReloadHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
+    (ReloadHandle { tx }, tokio::spawn(run(reloader, rx)))
+}
+
+/// Stops a task and waits for it to end.
+async fn stop_task(task: Option<JoinHandle<()>>) {
+    if let Some(t) = task {
+        t.abort();
+        let _ = t.await;
+    }
+}
+
+async fn run(mut r: Reloader, mut rx: mpsc::Receiver<Request>) {
+    let mut health = Some(r.spawn_health());
+    let mut notify = r.spawn_notify();
+    let (fs_tx, mut fs_rx) = mpsc::channel::<()>(1);
+    // Kept alive for as long as the task runs; dropping it stops the watch.
+    let _watcher = watch_file(&r.path, fs_tx);
+    loop {
+        tokio::select! {
+            request = rx.recv() => match request {
+                Some(Request::Reload(reply)) => {
+                    let outcome = reload(&mut r, &mut health, &mut notify).await;
+                    let _ = reply.send(outcome);
+                }
+                Some(Request::Stop(done)) => {
+                    stop_task(health.take()).await;
+                    stop_task(notify.take()).await;
+                    let _ = done.send(());
+                    return;
+                }
+                None => break,
+            },
+            Some(()) = fs_rx.recv() => {
+                // Let the editor finish writing.
+                tokio::time::sleep(DEBOUNCE).await;
+                while fs_rx.try_recv().is_ok() {}
+                let _ = reload(&mut r, &mut health, &mut notify).await;
+            }
+        }
+    }
+    stop_task(health.take()).await;
+    stop_task(notify.take()).await;
+}
+
+/// Watches `path`'s directory for changes to `path`; `None` (logged) if it cannot.
+fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    if !path.is_file() {
+        return None;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name()?.to_os_string();
+    let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event
+            && !matches!(e.kind, notify::EventKind::Access(_))
+            && e.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+        {
+            // A full channel means a reload is already pending.
+            let _ = tx.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
+        return None;
+    }
+    Some(watcher)
+}
+
+async fn reload(
+    r: &mut Reloader,
+    health: &mut Option<JoinHandle<()>>,
+    notify: &mut Option<JoinHandle<()>>,
+) -> Result<Applied, String> {
+    let new = match Config::load(&r.path) {
+        Ok(c) => c,
+        Err(e) => {
+            r.counters.reloads_refused.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, "config reload refused; the running configuration is kept");
+            return Err(e.to_string());
+        }
+    };
+    let old = std::mem::replace(&mut r.current, new);
+    let new = &r.current;
+    let mut done = Applied::default();
+    if new.files != old.files {
+        r.replication.set_files(files_policy(new)).await;
+        done.applied.push("files");
+    }
+    if new.schedules != old.schedules {
+        r.schedules.reload(new.schedules.clone()).await;
+        done.applied.push("schedules");
+    }
+    if new.cluster.bootstrap != old.cluster.bootstrap {
+        r.bootstrap.send_replace(new.cluster.bootstrap.clone());
+        done.applied.push("cluster.bootstrap");
+    }
+    if new.health != old.health {
+        stop_task(health.take()).await;
+        *health = Some(r.spawn_health());
+        done.applied.push("health");
+    }
+    if new.notify != old.notify {
+        stop_task(notify.take()).await;
+        *notify = r.spawn_notify();
+        let network_id = new.network_id();
+        r.node_info.webhooks = new
+            .notify
+            .webhooks
+            .iter()
+            .map(|h| crate::notify::hook_id(&network_id, h))
+            .collect();
+        if let Ok(content) = crate::codec::encode(&r.node_info) {
+            r.replication.publish(RecordKind::NodeInfo, content).await;
+        }
+        done.applied.push("notify.webhooks");
+    }
+    let mut old_cluster = old.cluster.clone();
+    old_cluster.bootstrap = new.cluster.bootstrap.clone();
+    for (section, changed) in [
+        ("node", new.node != old.node),
+        ("cluster", new.cluster != old_cluster),
+        ("network", new.network != old.network),
+        ("http", new.http != old.http),
+        ("replication", new.replication != old.replication),
+    ] {
+        if changed {
+            warn!(
+                section,
+                "this section changed; restart the agent to apply it (the running value is kept)"
+            );
+            done.need_restart.push(section);
+        }
+    }
+    // Sections that need a restart stay as they run, so the next reload compares against them.
+    r.current.node = old.node;
+    r.current.cluster = old_cluster;
+    r.current.network = old.network;
+    r.current.http = old.http;
+    r.current.replication = old.replication;
+    r.counters.reloads_applied.fetch_add(1, Ordering::Relaxed);
+    info!(applied = ?done.applied, need_restart = ?done.need_restart, "configuration reloaded");
+    Ok(done)
+}

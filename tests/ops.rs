@@ -1,0 +1,229 @@
+//! Operations: Prometheus metrics and live configuration reload.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+/// Fetches `/metrics`, checks the exposition strictly, and parses it.
+async fn scrape(http: SocketAddr) -> prometheus_parse::Scrape {
+    let resp = reqwest::get(format!("http://{http}/metrics")).await.unwrap();
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = resp.text().await.unwrap();
+    // Every sample belongs to a family declared with HELP and TYPE, names are valid, and no
+    // series appears twice.
+    let mut typed = HashSet::new();
+    let mut series = HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}");
+            typed.insert(name.to_string());
+        } else if !line.starts_with('#') {
+            let name_end = line.find(['{', ' ']).unwrap();
+            let name = &line[..name_end];
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                    && !name.starts_with(|c: char| c.is_ascii_digit()),
+                "{line}"
+            );
+            assert!(typed.contains(name), "sample before its TYPE: {line}");
+            let (id, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(series.insert(id.to_string()), "duplicate series {id}");
+        }
+    }
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            _ => f64::NAN,
+        })
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_with_replication_and_rejections() {
+    let net = TestNetwork::new();
+    let agents = cluster(&net, 2).await;
+    let (a, b) = (&agents[0], &agents[1]);
+    let before = scrape(b.http_addr).await;
+    assert_eq!(value(&before, "shoal_build_info", &[("version", shoal::VERSION)]), 1.0);
+    assert_eq!(value(&before, "shoal_members", &[("state", "alive")]), 2.0);
+    assert_eq!(value(&before, "shoal_files", &[]), 0.0);
+
+    // A file big enough to travel as a body replicates to B.
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    assert_eq!(upload(a.http_addr, &net, "big.bin", &body, &net.signer).await.0, 200);
+    let http = b.http_addr;
+    wait_until(Duration::from_secs(20), "B counts the file", || async move {
+        value(&scrape(http).await, "shoal_files", &[]) == 1.0
+    })
+    .await;
+    let after = scrape(b.http_addr).await;
+    assert_eq!(value(&after, "shoal_file_bytes", &[]), body.len() as f64);
+    assert!(value(&after, "shoal_transfer_bytes_total", &[("direction", "received")]) >= body.len() as f64);
+    assert!(value(&after, "shoal_bodies_fetched_total", &[]) > value(&before, "shoal_bodies_fetched_total", &[]));
+    let committed = |s: &prometheus_parse::Scrape| {
+        ["broadcast", "sync"]
+            .iter()
+            .map(|o| value(s, "shoal_items_committed_total", &[("origin", o)]))
+            .sum::<f64>()
+    };
+    assert!(committed(&after) > committed(&before));
+    assert!(
+        value(
+            &after,
+            "shoal_messages_total",
+            &[("kind", "swim"), ("direction", "received")]
+        ) > value(
+            &before,
+            "shoal_messages_total",
+            &[("kind", "swim"), ("direction", "received")]
+        )
+    );
+
+    // A forged upload is refused and counted by reason.
+    let stranger = shoal::identity::SecretKey::generate();
+    let item = signed_file(
+        net.network_id(),
+        "app.conf",
+        b"evil",
+        &stranger,
+        shoal::time::unix_ms() << 16,
+    );
+    let (status, _) = send_envelope(
+        b.http_addr,
+        reqwest::Method::PUT,
+        "app.conf",
+        shoal::files::envelope::encode(&item, b"evil"),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let refused = scrape(b.http_addr).await;
+    assert_eq!(
+        value(&refused, "shoal_rejected_total", &[("reason", "unauthorized_signer")]),
+        value(&after, "shoal_rejected_total", &[("reason", "unauthorized_signer")]) + 1.0
+    );
+    for a in agents {
+        a.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_apply_live_and_a_broken_edit_keeps_the_running_config() {
+    let net = TestNetwork::new();
+    let peer = start(net.config("peer")).await;
+    // The reloading agent runs from a real file.
+    let base = net.config("edited");
+    let state = base.node.state_dir.clone();
+    let toml_head = process_config_toml(
+        &state,
+        free_udp_port(),
+        free_tcp_port(),
+        &net.key.public(),
+        base.network.certificate.as_deref().unwrap(),
+        &[peer.cluster_addr],
+    );
+    let path = state.join("shoal.toml");
+    let files_v1 = format!("\n[files]\n\"app.conf\" = [\"{}\"]\n", net.signer.public());
+    std::fs::write(&path, format!("{toml_head}{files_v1}")).unwrap();
+    let a = shoal::agent::start(shoal::config::Config::load(&path).unwrap(), &path)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "joined", || alive_count(&a) == 2).await;
+
+    // "other" is not accepted here yet: it stays on the peer.
+    assert_eq!(
+        upload(peer.http_addr, &net, "other", b"from the peer", &net.signer)
+            .await
+            .0,
+        200
+    );
+
+    // Edit the file as an editor would (write a temp file, rename it over): add the name and
+    // a schedule. Both take effect without a restart.
+    let schedule =
+        "\n[[schedules]]\nid = \"added\"\nschedule = \"* * * * * *\"\ncommand = [\"sh\", \"-c\", \"echo reloaded\"]\n";
+    let files_v2 = format!(
+        "\n[files]\n\"app.conf\" = [\"{0}\"]\n\"other\" = [\"{0}\"]\n",
+        net.signer.public()
+    );
+    let tmp = state.join(".shoal.toml.tmp");
+    std::fs::write(&tmp, format!("{toml_head}{files_v2}{schedule}")).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let http = a.http_addr;
+    wait_until(
+        Duration::from_secs(20),
+        "the new file name is accepted and fetched",
+        || async move { content(http, "other").await.as_deref() == Some(b"from the peer".as_slice()) },
+    )
+    .await;
+    wait_until(Duration::from_secs(20), "the new schedule runs", || async move {
+        get_json::<shoal::http::api::ScheduleList>(http, "/api/schedules")
+            .await
+            .is_ok_and(|l| {
+                l.nodes.iter().any(|n| {
+                    n.local
+                        && n.schedules.iter().any(|s| {
+                            s.id == "added"
+                                && s.last
+                                    .as_ref()
+                                    .is_some_and(|j| j.status == shoal::schedules::jobs::JobStatus::Success)
+                        })
+                })
+            })
+    })
+    .await;
+
+    // A broken edit is refused; the agent keeps running on what it had.
+    std::fs::write(&path, format!("{toml_head}{files_v2}{schedule}\n[[schedules]]\nid = \"bad\"\nschedule = \"every day\"\ncommand = [\"true\"]\n")).unwrap();
+    wait_until(Duration::from_secs(20), "the broken edit is refused", || async move {
+        value(
+            &scrape(http).await,
+            "shoal_config_reloads_total",
+            &[("result", "refused")],
+        ) >= 1.0
+    })
+    .await;
+    let err = a.reload().await.unwrap_err();
+    assert!(
+        err.contains("schedules[1].schedule") && err.contains("shoal.toml"),
+        "{err}"
+    );
+    let list: shoal::http::api::ScheduleList = get_json(http, "/api/schedules").await.unwrap();
+    let local = list.nodes.iter().find(|n| n.local).unwrap();
+    assert_eq!(
+        local.schedules.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["added"],
+        "the running schedules are kept"
+    );
+    let files: shoal::http::api::FileList = get_json(http, "/api/files").await.unwrap();
+    assert!(files.configured.contains(&"other".to_string()));
+
+    // Settings that need a restart are reported, not applied.
+    let moved = toml_head.replacen("[http]\nlisten = \"127.0.0.1:", "[http]\nlisten = \"127.0.0.2:", 1);
+    std::fs::write(&path, format!("{moved}{files_v2}{schedule}")).unwrap();
+    let applied = a.reload().await.unwrap();
+    assert_eq!(applied.need_restart, ["http"]);
+    assert!(
+        get_json::<serde_json::Value>(http, "/api/health").await.is_ok(),
+        "still serving where it was"
+    );
+    a.shutdown().await;
+    peer.shutdown().await;
+}
