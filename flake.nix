@@ -17,5 +17,14 @@
         imports = [ ./nix/module.nix ];
         services.shoal.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
       };
+
+      checks = forAll (pkgs: {
+        package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        mesh = import ./nix/tests/mesh.nix {
+          inherit pkgs;
+          module = ./nix/module.nix;
+          package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        };
+      });
     };
 }

@@ -212,6 +212,21 @@ async fn stop_http(mut task: JoinHandle<()>) {
 /// Runs an agent until `shutdown` completes, then leaves gracefully.
 pub async fn run(config: Config, config_path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let agent = start(config, config_path).await?;
+    crate::systemd::notify(&format!("READY=1\nSTATUS=serving; HTTP on {}", agent.http_addr));
+    let watchdog = crate::systemd::watchdog_interval().map(|every| {
+        // Pings come from the runtime the agent runs on: a wedged runtime stops them, and
+        // systemd restarts the service.
+        let membership = agent.membership.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if !membership.is_closed() {
+                    crate::systemd::notify("WATCHDOG=1");
+                }
+            }
+        })
+    });
     tokio::pin!(shutdown);
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(mut hup) => loop {
@@ -219,9 +234,11 @@ pub async fn run(config: Config, config_path: &Path, shutdown: impl Future<Outpu
                 _ = &mut shutdown => break,
                 _ = hup.recv() => {
                     info!("SIGHUP received, reloading the configuration");
+                    crate::systemd::notify("RELOADING=1");
                     if let Err(e) = agent.reload().await {
                         error!(error = %e, "reload failed");
                     }
+                    crate::systemd::notify("READY=1");
                 }
             }
         },
@@ -229,6 +246,10 @@ pub async fn run(config: Config, config_path: &Path, shutdown: impl Future<Outpu
             warn!(error = %e, "cannot handle SIGHUP; the config file is still watched");
             shutdown.await;
         }
+    }
+    crate::systemd::notify("STOPPING=1\nSTATUS=leaving the mesh");
+    if let Some(w) = watchdog {
+        w.abort();
     }
     agent.shutdown().await;
     Ok(())

@@ -27,6 +27,7 @@ pub mod replication;
 pub mod rpc;
 pub mod schedules;
 pub mod store;
+pub mod systemd;
 pub mod time;
 pub mod transport;
 

@@ -227,3 +227,185 @@ async fn config_changes_apply_live_and_a_broken_edit_keeps_the_running_config() 
     a.shutdown().await;
     peer.shutdown().await;
 }
+
+/// A tool the test needs: present, or the test is skipped (and fails under CI, where `.ci/run`
+/// installs it).
+fn tool(path: &str, package: &str) -> bool {
+    if std::path::Path::new(path).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have {path} (Debian package {package})"
+    );
+    eprintln!("SKIPPED: {path} missing (install {package})");
+    false
+}
+
+#[test]
+fn the_systemd_unit_and_the_backups_drop_in_verify() {
+    if !tool("/usr/bin/systemd-analyze", "systemd") {
+        return;
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(repo.join("contrib/shoal.service")).unwrap();
+    let (code, printed, _) = run_shoal(&["systemd-unit"]);
+    assert_eq!(
+        (code, printed.as_str()),
+        (0, unit.as_str()),
+        "`shoal systemd-unit` prints the shipped unit"
+    );
+    for key in [
+        "Type=notify",
+        "WatchdogSec=",
+        "StateDirectory=shoal",
+        "ConfigurationDirectory=shoal",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+    ] {
+        assert!(unit.contains(key), "{key}");
+    }
+    // verify needs the ExecStart binary to exist: point it at the one under test.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shoal.service");
+    std::fs::write(&path, unit.replace("/usr/bin/shoal", shoal_bin())).unwrap();
+    std::fs::create_dir(dir.path().join("shoal.service.d")).unwrap();
+    std::fs::copy(
+        repo.join("contrib/shoal-backups.conf"),
+        dir.path().join("shoal.service.d/backups.conf"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_nix_file_parses() {
+    if !tool("/usr/bin/nix-instantiate", "nix-bin") {
+        return;
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![repo.join("flake.nix")];
+    let mut dirs = vec![repo.join("nix")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "nix") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        let out = std::process::Command::new("nix-instantiate")
+            .arg("--parse")
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let module = std::fs::read_to_string(repo.join("nix/module.nix")).unwrap();
+    for option in [
+        "enable =",
+        "package =",
+        "settings =",
+        "openFirewall =",
+        "bootstrapNodes =",
+        "files =",
+        "environmentFile =",
+        "extraArgs =",
+    ] {
+        assert!(module.contains(option), "module option {option}");
+    }
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run_shoal(&["completions", shell]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("schedules") && out.contains("systemd-unit"), "{shell}");
+    }
+    let (code, out, _) = run_shoal(&["completions", "tcsh"]);
+    assert_ne!(code, 0, "unknown shells are refused: {out}");
+    let (code, man, _) = run_shoal(&["man"]);
+    assert_eq!(code, 0);
+    assert!(man.contains(".TH shoal 1") && man.contains("schedules"), "{man}");
+}
+
+#[test]
+fn the_agent_tells_systemd_it_is_ready_alive_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let net = TestNetwork::new();
+    let base = net.config("unit");
+    let state = base.node.state_dir.clone();
+    std::fs::create_dir_all(&state).unwrap();
+    let path = state.join("shoal.toml");
+    let http = free_tcp_port();
+    std::fs::write(
+        &path,
+        process_config_toml(
+            &state,
+            free_udp_port(),
+            http,
+            &net.key.public(),
+            base.network.certificate.as_deref().unwrap(),
+            &[],
+        ),
+    )
+    .unwrap();
+    let socket_path = state.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut child = std::process::Command::new(shoal_bin())
+        .args(["agent", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let mut recv = || -> String {
+        let n = socket.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv();
+    assert!(first.starts_with("READY=1\nSTATUS="), "{first}");
+    // Pings at half the watchdog interval.
+    assert_eq!(recv(), "WATCHDOG=1");
+    assert_eq!(recv(), "WATCHDOG=1");
+    // SIGTERM: STOPPING, then a clean exit.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    loop {
+        let m = recv();
+        if m.starts_with("STOPPING=1") {
+            break;
+        }
+        assert_eq!(m, "WATCHDOG=1");
+    }
+    assert!(child.wait().unwrap().success());
+    let _ = http;
+}

@@ -88,6 +88,15 @@ enum Command {
         #[command(subcommand)]
         command: files::FileCommand,
     },
+    /// Print the systemd unit (Type=notify, watchdog, hardening) to install.
+    SystemdUnit,
+    /// Print shell completions: bash, zsh, fish, elvish or powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `shoal man > /usr/share/man/man1/shoal.1`.
+    Man,
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -161,6 +170,25 @@ async fn dispatch(command: Command) -> i32 {
         Command::Config {
             command: ConfigCommand::Check { path },
         } => keys::config_check(&path),
+        Command::SystemdUnit => {
+            print!("{}", crate::systemd::UNIT);
+            0
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "shoal", &mut std::io::stdout());
+            0
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }
     }
 }
 
