@@ -321,6 +321,15 @@ async fn the_dashboard_shows_the_mesh_and_follows_it_live() {
         )
         .await;
     browser.screenshot(&artifact("dashboard-phone.png")).await;
+    // The API reference page renders the OpenAPI document.
+    browser.goto(&format!("{base}/api/docs")).await;
+    browser
+        .wait_for(
+            "the API reference",
+            "return [...document.querySelectorAll('main h3')].some(h => h.textContent === 'GET /api/schedules') \
+               && !!document.getElementById('schema-JobView')",
+        )
+        .await;
     browser.close().await;
     alpha.shutdown().await;
     bravo.shutdown().await;

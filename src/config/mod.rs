@@ -210,7 +210,7 @@ fn default_expect_status() -> u16 {
 }
 
 /// Kind of a check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckType {
     /// GET a URL and compare the status.

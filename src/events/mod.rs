@@ -25,7 +25,7 @@ pub const MAX_EVENTS: usize = 1000;
 pub const SUBSCRIBER_CAPACITY: usize = 256;
 
 /// Kinds of events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A node joined the mesh (first seen alive).
@@ -83,7 +83,7 @@ impl EventKind {
 }
 
 /// One event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Position in this node's log (increasing).
     pub seq: u64,

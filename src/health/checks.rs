@@ -17,7 +17,7 @@ pub const MAX_ERROR_LEN: usize = 200;
 pub const RESULTS_CAPACITY: usize = 64;
 
 /// State of a check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckStatus {
     /// Has not completed a run yet.
@@ -29,7 +29,7 @@ pub enum CheckStatus {
 }
 
 /// The latest result of one check, as published in the health report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckResult {
     /// Check name.
     pub name: String,

@@ -9,7 +9,7 @@ use crate::identity::PublicKey;
 use crate::membership::MemberState;
 
 /// Overall state of a node, from its own point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     /// Every check passes (or none is configured).
@@ -19,7 +19,7 @@ pub enum NodeStatus {
 }
 
 /// Members by state, as the reporting node sees them (itself included).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberCounts {
     /// Alive.
     pub alive: u32,
@@ -39,9 +39,10 @@ pub fn prefix(key: &PublicKey) -> KeyPrefix {
 }
 
 /// The reporting node's view of one peer: an edge of the mesh graph.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PeerLink {
     /// The peer, by key prefix.
+    #[schema(value_type = Vec<u8>)]
     pub node: KeyPrefix,
     /// Its state in the reporter's membership view.
     pub state: MemberState,
@@ -54,9 +55,10 @@ pub const MAX_REPORTED_FILES: usize = 512;
 
 /// A file version the reporting node holds, so every node can tell on how many nodes each file
 /// is present.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeldFile {
     /// First 8 bytes of blake3 of the name (names can be long; this keeps reports small).
+    #[schema(value_type = Vec<u8>)]
     pub name: [u8; 8],
     /// The version held.
     pub version: u64,
@@ -70,7 +72,7 @@ pub fn file_prefix(name: &str) -> [u8; 8] {
 }
 
 /// A node's health report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthReport {
     /// Overall status.
     pub status: NodeStatus,
@@ -81,6 +83,7 @@ pub struct HealthReport {
     /// When this report was made, Unix ms.
     pub reported_at_ms: u64,
     /// Load averages (1, 5, 15 min).
+    #[schema(value_type = Option<Vec<f32>>)]
     pub load: Option<[f32; 3]>,
     /// Memory.
     pub memory: Option<Memory>,

@@ -9,7 +9,7 @@ use crate::identity::PublicKey;
 use crate::membership::MemberState;
 
 /// `GET /api/health`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     /// Node name.
     pub name: String,
@@ -22,6 +22,7 @@ pub struct Health {
     /// Start time, RFC 3339.
     pub started_at: String,
     /// Address peers use to reach this node.
+    #[schema(value_type = String, example = "10.0.0.1:7946")]
     pub cluster_addr: SocketAddr,
     /// Network key, when admission is by certificate.
     pub network: Option<PublicKey>,
@@ -34,7 +35,7 @@ pub struct Health {
 }
 
 /// Members by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberCounts {
     /// Alive.
     pub alive: usize,
@@ -47,20 +48,21 @@ pub struct MemberCounts {
 }
 
 /// `GET /api/members`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Members {
     /// Every member this node knows, itself included, ordered by key.
     pub members: Vec<Member>,
 }
 
 /// One member.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     /// Name from its certificate; null until this node has talked to it.
     pub name: Option<String>,
     /// Node key.
     pub key: PublicKey,
     /// Cluster address.
+    #[schema(value_type = String)]
     pub addr: SocketAddr,
     /// alive, suspect or down.
     pub state: MemberState,
@@ -79,7 +81,7 @@ pub struct Member {
 }
 
 /// Body of every error response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     /// What went wrong.
     pub error: String,
@@ -89,7 +91,7 @@ pub struct ApiError {
 }
 
 /// `GET /api/files`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileList {
     /// Every file this node holds a version of (deleted ones included, flagged).
     pub files: Vec<FileInfo>,
@@ -101,7 +103,7 @@ pub struct FileList {
 }
 
 /// One file's current version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileInfo {
     /// File name.
     pub name: String,
@@ -124,7 +126,7 @@ pub struct FileInfo {
 }
 
 /// `GET /api/replication`: the state of this node's replica and its counters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Replication {
     /// Items held (records and files, tombstones included).
     pub items: usize,
@@ -153,7 +155,7 @@ pub struct Replication {
 }
 
 /// Commits by origin.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommitCounts {
     /// All.
     pub total: u64,
@@ -168,14 +170,14 @@ pub struct CommitCounts {
 }
 
 /// `GET /api/nodes`: every node with its latest health report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Nodes {
     /// Nodes ordered by name.
     pub nodes: Vec<NodeView>,
 }
 
 /// One node as this node knows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     /// Name, from its certificate or its node record.
     pub name: Option<String>,
@@ -188,6 +190,7 @@ pub struct NodeView {
     /// Whether it is the node answering.
     pub local: bool,
     /// Cluster address.
+    #[schema(value_type = Option<String>)]
     pub addr: Option<SocketAddr>,
     /// Its latest signed health report.
     pub report: Option<crate::health::report::HealthReport>,
@@ -199,7 +202,7 @@ pub struct NodeView {
 }
 
 /// A file a node holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeldFileView {
     /// File name.
     pub name: String,
@@ -210,7 +213,7 @@ pub struct HeldFileView {
 }
 
 /// `GET /api/graph`: who reaches whom, as each side reports it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Graph {
     /// Nodes.
     pub nodes: Vec<GraphNode>,
@@ -219,7 +222,7 @@ pub struct Graph {
 }
 
 /// A graph node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GraphNode {
     /// Key.
     pub key: PublicKey,
@@ -230,7 +233,7 @@ pub struct GraphNode {
 }
 
 /// A graph edge.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GraphEdge {
     /// The reporting node.
     pub from: PublicKey,
@@ -245,14 +248,14 @@ pub struct GraphEdge {
 }
 
 /// `GET /api/events`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Events {
     /// Oldest first.
     pub events: Vec<crate::events::Event>,
 }
 
 /// `GET /api/schedules`: every node's schedules, grouped by node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleList {
     /// Members alive in the mesh, as this node sees it.
     pub mesh_nodes: usize,
@@ -261,7 +264,7 @@ pub struct ScheduleList {
 }
 
 /// One node's schedules.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeSchedules {
     /// Node name, when known.
     pub name: Option<String>,
@@ -283,7 +286,7 @@ pub struct NodeSchedules {
 }
 
 /// One schedule.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleView {
     /// Id, unique on its node.
     pub id: String,
@@ -318,7 +321,7 @@ pub struct ScheduleView {
 }
 
 /// One job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
     /// Id, unique in the mesh: `<node key prefix>-<seq>`.
     pub id: String,
@@ -349,7 +352,7 @@ pub struct JobView {
 }
 
 /// `GET /api/jobs`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobList {
     /// Newest first. This node's full history; for other nodes, the latest jobs of each
     /// schedule that their records carry.
@@ -357,7 +360,7 @@ pub struct JobList {
 }
 
 /// `GET /api/jobs/{id}/log`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobLogView {
     /// The job.
     pub job: JobView,
@@ -370,7 +373,7 @@ pub struct JobLogView {
 }
 
 /// `POST /api/schedules/{id}/run`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunStarted {
     /// The schedule.
     pub schedule: String,

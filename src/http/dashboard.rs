@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 const INDEX: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
+const DOCS: &str = include_str!("assets/docs.html");
+const DOCS_JS: &str = include_str!("assets/docs.js");
 
 /// Only our own scripts, styles and API: text from the mesh can never run as code, even if a
 /// bug put it into the page as markup.
@@ -36,4 +38,12 @@ pub(super) async fn app_js() -> Response {
 
 pub(super) async fn app_css() -> Response {
     asset(APP_CSS, "text/css; charset=utf-8")
+}
+
+pub(super) async fn docs() -> Response {
+    asset(DOCS, "text/html; charset=utf-8")
+}
+
+pub(super) async fn docs_js() -> Response {
+    asset(DOCS_JS, "text/javascript; charset=utf-8")
 }

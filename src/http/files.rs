@@ -71,6 +71,7 @@ pub(super) fn info_of(item: &SignedItem) -> Option<api::FileInfo> {
     })
 }
 
+#[utoipa::path(get, path = "/api/files", tag = "files", responses((status = 200, description = "Every file's current version and on how many alive nodes it is present", body = api::FileList)))]
 pub(super) async fn list(State(state): State<ApiState>) -> Json<api::FileList> {
     let mut files: Vec<api::FileInfo> = state.replication.files().iter().filter_map(info_of).collect();
     files.sort_by(|a, b| a.name.cmp(&b.name));
@@ -108,6 +109,7 @@ fn current(state: &ApiState, name: &str) -> Result<SignedItem, Failure> {
         .ok_or_else(|| Failure::new(StatusCode::NOT_FOUND, format!("no version of {name} yet")))
 }
 
+#[utoipa::path(get, path = "/api/files/{name}", tag = "files", params(("name" = String, Path, description = "File name")), responses((status = 200, body = api::FileInfo), (status = 404, description = "Unknown or never uploaded", body = api::ApiError)))]
 pub(super) async fn get(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -118,6 +120,7 @@ pub(super) async fn get(
         .ok_or_else(|| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "not a file"))
 }
 
+#[utoipa::path(get, path = "/api/files/{name}/content", tag = "files", params(("name" = String, Path, description = "File name")), responses((status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 404, description = "Unknown, deleted or not yet received", body = api::ApiError)))]
 pub(super) async fn content(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Response, Failure> {
     let item = current(&state, &name)?;
     if item.meta.deleted {
@@ -192,6 +195,7 @@ fn refused(state: &ApiState, name: &str, f: Failure) -> Failure {
     f
 }
 
+#[utoipa::path(put, path = "/api/files/{name}", tag = "files", params(("name" = String, Path, description = "File name")), request_body(content = Vec<u8>, content_type = "application/vnd.shoal.envelope", description = "A signed envelope as `shoal file update` builds it: signed item metadata, then the body"), responses((status = 200, description = "Committed", body = api::FileInfo), (status = 400, description = "Malformed envelope", body = api::ApiError), (status = 403, description = "Signer not allowed, or bad signature", body = api::ApiError), (status = 404, description = "Name not in [files]", body = api::ApiError), (status = 409, description = "Not newer than the current version", body = api::ApiError), (status = 413, description = "Too large", body = api::ApiError)))]
 pub(super) async fn put(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -222,6 +226,7 @@ pub(super) async fn put(
     Ok(result)
 }
 
+#[utoipa::path(delete, path = "/api/files/{name}", tag = "files", params(("name" = String, Path, description = "File name")), request_body(content = Vec<u8>, content_type = "application/vnd.shoal.envelope", description = "A signed delete (tombstone) envelope"), responses((status = 200, description = "Committed", body = api::FileInfo), (status = 403, description = "Signer not allowed, or bad signature", body = api::ApiError), (status = 404, description = "Name not in [files]", body = api::ApiError), (status = 409, description = "Not newer than the current version", body = api::ApiError)))]
 pub(super) async fn delete(
     State(state): State<ApiState>,
     Path(name): Path<String>,

@@ -10,6 +10,7 @@ use super::ApiState;
 use crate::metrics::{Exposition, JOB_STATUSES, STREAM_KINDS};
 use crate::replication::policy::Reject;
 
+#[utoipa::path(get, path = "/metrics", tag = "node", responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let mut e = Exposition::default();
     e.family("shoal_build_info", "gauge", "Version of this agent (always 1).")

@@ -6,6 +6,7 @@ mod dashboard;
 mod files;
 mod metrics;
 mod nodes;
+mod openapi;
 mod schedules;
 
 use std::net::SocketAddr;
@@ -74,6 +75,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/assets/app.js", get(dashboard::app_js))
         .route("/assets/app.css", get(dashboard::app_css))
         .route("/metrics", get(metrics::metrics))
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/api/docs", get(dashboard::docs))
+        .route("/assets/docs.js", get(dashboard::docs_js))
         .route("/api/health", get(health))
         .route("/api/members", get(members))
         .route("/api/replication", get(replication))
@@ -110,6 +114,7 @@ fn counts(snapshot: &Snapshot) -> api::MemberCounts {
     }
 }
 
+#[utoipa::path(get, path = "/api/health", tag = "node", responses((status = 200, description = "This node: identity, network, joined, member counts", body = api::Health)))]
 async fn health(State(state): State<ApiState>) -> Json<api::Health> {
     let snapshot = state.membership.snapshot();
     let f = &state.facts;
@@ -127,6 +132,7 @@ async fn health(State(state): State<ApiState>) -> Json<api::Health> {
     })
 }
 
+#[utoipa::path(get, path = "/api/members", tag = "mesh", responses((status = 200, description = "Every member this node knows, itself included", body = api::Members)))]
 async fn members(State(state): State<ApiState>) -> Json<api::Members> {
     let snapshot = state.membership.snapshot();
     let now_ms = crate::time::unix_ms();
@@ -149,6 +155,7 @@ async fn members(State(state): State<ApiState>) -> Json<api::Members> {
     Json(api::Members { members })
 }
 
+#[utoipa::path(get, path = "/api/replication", tag = "files", responses((status = 200, description = "This replica: items, fingerprint, counters, refusals by reason", body = api::Replication)))]
 async fn replication(State(state): State<ApiState>) -> Json<api::Replication> {
     use std::sync::atomic::Ordering::Relaxed;
     let r = &state.replication;

@@ -108,12 +108,14 @@ fn all_nodes(state: &ApiState) -> Vec<api::NodeView> {
     list
 }
 
+#[utoipa::path(get, path = "/api/nodes", tag = "mesh", responses((status = 200, description = "Every node with its latest signed health report (down ones too, with their last report)", body = api::Nodes)))]
 pub(super) async fn list(State(state): State<ApiState>) -> Json<api::Nodes> {
     Json(api::Nodes {
         nodes: all_nodes(&state),
     })
 }
 
+#[utoipa::path(get, path = "/api/nodes/{name}", tag = "mesh", params(("name" = String, Path, description = "Node name or base64 key")), responses((status = 200, body = api::NodeView), (status = 404, description = "No such node", body = api::ApiError)))]
 /// `GET /api/nodes/{name}`: by name, or by base64 key.
 pub(super) async fn one(
     State(state): State<ApiState>,
@@ -126,6 +128,7 @@ pub(super) async fn one(
         .ok_or_else(|| Failure::new(StatusCode::NOT_FOUND, format!("no node named {name}")))
 }
 
+#[utoipa::path(get, path = "/api/graph", tag = "mesh", responses((status = 200, description = "Nodes and directed edges (each side's view of the other: state, RTT)", body = api::Graph)))]
 pub(super) async fn graph(State(state): State<ApiState>) -> Json<api::Graph> {
     let now = crate::time::unix_ms();
     let nodes = all_nodes(&state);
@@ -162,7 +165,8 @@ pub(super) async fn graph(State(state): State<ApiState>) -> Json<api::Graph> {
 }
 
 /// Query of `GET /api/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
     /// Only events after this sequence number.
     #[serde(default)]
@@ -171,6 +175,7 @@ pub(super) struct EventsQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/events", tag = "events", params(EventsQuery), responses((status = 200, description = "Recent events, oldest first", body = api::Events)))]
 pub(super) async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> Json<api::Events> {
     let limit = q.limit.unwrap_or(100).min(MAX_EVENTS_PER_REQUEST);
     Json(api::Events {
@@ -178,6 +183,7 @@ pub(super) async fn events(State(state): State<ApiState>, Query(q): Query<Events
     })
 }
 
+#[utoipa::path(get, path = "/api/events/stream", tag = "events", responses((status = 200, description = "Server-sent events: one `event` message per event, its data an Event as JSON", content_type = "text/event-stream", body = String)))]
 /// `GET /api/events/stream`: server-sent events, one `event` message per event.
 pub(super) async fn stream(
     State(state): State<ApiState>,

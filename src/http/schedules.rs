@@ -85,6 +85,7 @@ fn local_view(state: &ApiState, j: &Job) -> api::JobView {
     )
 }
 
+#[utoipa::path(get, path = "/api/schedules", tag = "schedules", responses((status = 200, description = "Every node's schedules, grouped by node, from this node's replica (env values never)", body = api::ScheduleList)))]
 pub(super) async fn list(State(state): State<ApiState>) -> Json<api::ScheduleList> {
     let snapshot = state.membership.snapshot();
     let now = crate::time::unix_ms();
@@ -147,12 +148,13 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<api::ScheduleLis
     })
 }
 
+#[utoipa::path(post, path = "/api/schedules/{id}/run", tag = "schedules", params(("id" = String, Path, description = "Schedule id on this node")), request_body(content = Object, content_type = "application/json", description = "`{}`"), responses((status = 202, description = "Started", body = api::RunStarted), (status = 404, description = "No such schedule here", body = api::ApiError), (status = 409, description = "Already running", body = api::ApiError), (status = 415, description = "Body is not JSON")))]
 /// `POST /api/schedules/{id}/run`. The body must be JSON (`{}`): a cross-site form cannot
 /// send that, so a web page cannot start jobs through a browser on the node.
 pub(super) async fn run(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    Json(_): Json<serde_json::Value>,
+    Json(_body): Json<serde_json::Value>,
 ) -> Result<(StatusCode, Json<api::RunStarted>), Failure> {
     match state.schedules.run_now(&id).await {
         Ok(seq) => Ok((
@@ -175,7 +177,8 @@ pub(super) async fn run(
 }
 
 /// Query of `GET /api/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct JobsQuery {
     /// Node name or base64 key.
     node: Option<String>,
@@ -185,6 +188,7 @@ pub(super) struct JobsQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/jobs", tag = "schedules", params(JobsQuery), responses((status = 200, description = "Jobs, newest first: this node's history, other nodes' latest", body = api::JobList), (status = 404, description = "Unknown node", body = api::ApiError)))]
 pub(super) async fn jobs(
     State(state): State<ApiState>,
     Query(q): Query<JobsQuery>,
@@ -305,6 +309,7 @@ fn not_found(job: &JobRef) -> Failure {
     )
 }
 
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "schedules", params(("id" = String, Path, description = "Job id: <node key prefix>-<seq>")), responses((status = 200, body = api::JobView), (status = 400, description = "Malformed id", body = api::ApiError), (status = 404, description = "Unknown or pruned", body = api::ApiError), (status = 503, description = "Its node is down", body = api::ApiError), (status = 504, description = "Its node did not answer", body = api::ApiError)))]
 /// `GET /api/jobs/{id}`.
 pub(super) async fn job(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<api::JobView>, Failure> {
     let job = parse(&id)?;
@@ -336,6 +341,7 @@ pub(super) async fn job(State(state): State<ApiState>, Path(id): Path<String>) -
     Ok(Json(view(at, &JobSummary::from(&j))))
 }
 
+#[utoipa::path(get, path = "/api/jobs/{id}/log", tag = "schedules", params(("id" = String, Path, description = "Job id: <node key prefix>-<seq>")), responses((status = 200, description = "The kept tail of its output, fetched from its node", body = api::JobLogView), (status = 400, description = "Malformed id", body = api::ApiError), (status = 404, description = "Unknown or pruned", body = api::ApiError), (status = 503, description = "Its node is down", body = api::ApiError), (status = 504, description = "Its node did not answer", body = api::ApiError)))]
 /// `GET /api/jobs/{id}/log`.
 pub(super) async fn log(
     State(state): State<ApiState>,

@@ -272,6 +272,19 @@ impl SecretKey {
     }
 }
 
+/// In the API a key is its base64 string.
+impl utoipa::PartialSchema for PublicKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("Ed25519 public key, standard base64 of 32 bytes"))
+            .examples([serde_json::json!("hnuGNlUHyozNi1egatsI9GGx7dh+bNPHdugf5J9yJHQ=")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PublicKey {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

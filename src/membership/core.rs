@@ -57,7 +57,7 @@ pub struct CoreConfig {
 }
 
 /// A member's state as shown to users.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
     /// Answering probes.
