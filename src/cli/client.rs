@@ -94,23 +94,32 @@ pub(super) async fn get<T: DeserializeOwned>(args: &ClientArgs, path: &str) -> R
     Ok((typed, body))
 }
 
+/// GETs `path` for a listing command: `Ok` with the value to print as a table; `Err` with the
+/// exit status once the error, or the JSON (with `--json`), is printed.
+pub(super) async fn fetch<T: DeserializeOwned>(args: &ClientArgs, path: &str) -> Result<T, i32> {
+    match get(args, path).await {
+        Ok((_, raw)) if args.json => {
+            print_json(&raw);
+            Err(0)
+        }
+        Ok((typed, _)) => Ok(typed),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(1)
+        }
+    }
+}
+
 pub(super) fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// `shoal status`.
 pub async fn status(args: &ClientArgs) -> i32 {
-    let (h, raw): (api::Health, _) = match get(args, "/api/health").await {
+    let h: api::Health = match fetch(args, "/api/health").await {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
-    if args.json {
-        print_json(&raw);
-        return 0;
-    }
     let network = h
         .network
         .map(|n| n.to_string())
@@ -139,17 +148,10 @@ pub async fn status(args: &ClientArgs) -> i32 {
 
 /// `shoal members`.
 pub async fn members(args: &ClientArgs) -> i32 {
-    let (m, raw): (api::Members, _) = match get(args, "/api/members").await {
+    let m: api::Members = match fetch(args, "/api/members").await {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
-    if args.json {
-        print_json(&raw);
-        return 0;
-    }
     let rows: Vec<Vec<String>> = m
         .members
         .iter()

@@ -1,6 +1,6 @@
 //! `shoal nodes` and `shoal events`: the mesh as the local agent sees it.
 
-use super::client::{ClientArgs, get, print_json};
+use super::client::{ClientArgs, fetch, get, print_json};
 use super::table::{human_secs, render};
 use crate::events::Event;
 use crate::http::api;
@@ -24,17 +24,10 @@ fn human_bytes(n: u64) -> String {
 
 /// `shoal nodes`.
 pub async fn nodes(args: &ClientArgs) -> i32 {
-    let (list, raw): (api::Nodes, _) = match get(args, "/api/nodes").await {
+    let list: api::Nodes = match fetch(args, "/api/nodes").await {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
-    if args.json {
-        print_json(&raw);
-        return 0;
-    }
     let rows: Vec<Vec<String>> = list
         .nodes
         .iter()

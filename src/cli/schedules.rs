@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::client::{ClientArgs, call, get, print_json};
+use super::client::{ClientArgs, call, fetch, get, print_json};
 use super::table::{human_secs, render};
 use crate::http::api;
 use crate::schedules::jobs::JobStatus;
@@ -86,17 +86,10 @@ fn last(job: Option<&api::JobView>, now_ms: u64) -> String {
 
 /// `shoal schedules`.
 pub async fn schedules(args: &ClientArgs) -> i32 {
-    let (list, raw): (api::ScheduleList, _) = match get(args, "/api/schedules").await {
+    let list: api::ScheduleList = match fetch(args, "/api/schedules").await {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
-    if args.json {
-        print_json(&raw);
-        return 0;
-    }
     let now = crate::time::unix_ms();
     println!("Mesh: {} nodes", list.mesh_nodes);
     for node in &list.nodes {
@@ -213,17 +206,10 @@ pub async fn jobs(args: &JobsArgs) -> i32 {
     if let Some(s) = &args.schedule {
         query.push(format!("schedule={}", encode(s)));
     }
-    let (list, raw): (api::JobList, _) = match get(&args.client, &format!("/api/jobs?{}", query.join("&"))).await {
+    let list: api::JobList = match fetch(&args.client, &format!("/api/jobs?{}", query.join("&"))).await {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
-    if args.client.json {
-        print_json(&raw);
-        return 0;
-    }
     let now = crate::time::unix_ms();
     let rows: Vec<Vec<String>> = list
         .jobs
