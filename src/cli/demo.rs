@@ -79,10 +79,7 @@ pub async fn run(n: usize) -> i32 {
     println!("shoal demo: {n} agents on loopback, network {}", network.public());
     println!("state in {}", dir.path().display());
     for a in &agents {
-        println!(
-            "  {:<8} http://{}/api/health   cluster {}",
-            a.name, a.http_addr, a.cluster_addr
-        );
+        println!("  {:<8} http://{}/   cluster {}", a.name, a.http_addr, a.cluster_addr);
     }
     println!("try: shoal members --url http://{}", agents[0].http_addr);
     println!("     shoal schedules --url http://{}", agents[0].http_addr);
