@@ -287,11 +287,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
 
     let policy = Policy {
         network_id: config.network_id(),
-        files: config
-            .files
-            .iter()
-            .map(|(name, keys)| (name.clone(), keys.iter().copied().collect()))
-            .collect(),
+        files: crate::reload::files_policy(&config),
         max_file_size: config.replication.max_file_size.as_u64(),
         max_skew: config.replication.max_clock_skew,
     };
@@ -384,7 +380,6 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         counters: counters.clone(),
     });
     let started_at_ms = crate::time::unix_ms();
-    let network_id = config.network_id();
     transport.set_stream_handler(Arc::new(crate::rpc::Dispatcher::new(
         replication.syncer(transport.clone()),
         Arc::new(crate::notify::confirm::MeshConfirmer {
@@ -400,12 +395,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         addr: cluster_addr,
         generation,
         started_at_ms,
-        webhooks: config
-            .notify
-            .webhooks
-            .iter()
-            .map(|h| crate::notify::hook_id(&network_id, h))
-            .collect(),
+        webhooks: crate::notify::hook_ids(&config),
     };
     if let Ok(content) = crate::codec::encode(&info) {
         replication.publish(RecordKind::NodeInfo, content).await;

@@ -259,13 +259,7 @@ async fn reload(
     if new.notify != old.notify {
         stop_task(notify.take()).await;
         *notify = r.spawn_notify();
-        let network_id = new.network_id();
-        r.node_info.webhooks = new
-            .notify
-            .webhooks
-            .iter()
-            .map(|h| crate::notify::hook_id(&network_id, h))
-            .collect();
+        r.node_info.webhooks = crate::notify::hook_ids(new);
         if let Ok(content) = crate::codec::encode(&r.node_info) {
             r.replication.publish(RecordKind::NodeInfo, content).await;
         }

@@ -61,19 +61,7 @@ fn count(got: &Received, event: &str, node: &PublicKey) -> usize {
 }
 
 async fn hooked_cluster(net: &TestNetwork, n: usize, url: &str) -> Vec<AgentHandle> {
-    let seed = start(with_hook(net.config("n0"), url)).await;
-    let mut agents = vec![];
-    for i in 1..n {
-        let mut c = with_hook(net.config(&format!("n{i}")), url);
-        bootstrap(&mut c, &[seed.cluster_addr]);
-        agents.push(start(c).await);
-    }
-    agents.insert(0, seed);
-    eventually(Duration::from_secs(20), "cluster formed", || {
-        agents.iter().all(|a| alive_count(a) == n)
-    })
-    .await;
-    agents
+    cluster_with(net, n, |c| with_hook(c, url)).await
 }
 
 /// Lets a possible duplicate arrive before counting (failure detection, settle times).

@@ -627,15 +627,7 @@ impl Config {
         for (i, check) in self.health.checks.iter().enumerate() {
             let key = format!("checks[{i}]");
             let bad = |message: String| invalid("health", &key, message);
-            validate_node_name(&check.name).map_err(|_| {
-                bad(format!(
-                    "invalid check name {:?}: use 1-63 characters from A-Z a-z 0-9 . _ -",
-                    check.name
-                ))
-            })?;
-            if !names.insert(check.name.as_str()) {
-                return Err(bad(format!("duplicate check name {:?}", check.name)));
-            }
+            unique_name("check name", &check.name, &mut names).map_err(bad)?;
             match check.kind {
                 CheckType::Http => match &check.url {
                     Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
@@ -676,15 +668,7 @@ impl Config {
         for (i, hook) in self.notify.webhooks.iter().enumerate() {
             let key = format!("webhooks[{i}]");
             let bad = |message: String| invalid("notify", &key, message);
-            validate_node_name(&hook.name).map_err(|_| {
-                bad(format!(
-                    "invalid webhook name {:?}: use 1-63 characters from A-Z a-z 0-9 . _ -",
-                    hook.name
-                ))
-            })?;
-            if !hooks.insert(hook.name.as_str()) {
-                return Err(bad(format!("duplicate webhook name {:?}", hook.name)));
-            }
+            unique_name("webhook name", &hook.name, &mut hooks).map_err(bad)?;
             if !(hook.url.starts_with("https://") || hook.url.starts_with("http://"))
                 || reqwest::Url::parse(&hook.url).is_err()
             {
@@ -845,6 +829,17 @@ fn resolve(config_path: &Path, file: &Path) -> PathBuf {
         Some(dir) if file.is_relative() => dir.join(file),
         _ => file.to_path_buf(),
     }
+}
+
+/// Checks that `name` (a check, webhook or schedule name: `what`) is well formed and not yet in
+/// `seen`, then adds it.
+fn unique_name<'a>(what: &str, name: &'a str, seen: &mut std::collections::HashSet<&'a str>) -> Result<(), String> {
+    validate_node_name(name)
+        .map_err(|_| format!("invalid {what} {name:?}: use 1-63 characters from A-Z a-z 0-9 . _ -"))?;
+    if !seen.insert(name) {
+        return Err(format!("duplicate {what} {name:?}"));
+    }
+    Ok(())
 }
 
 /// Finds the 1-based line of `key` inside the `index`-th `[[array]]` table, or of its header.

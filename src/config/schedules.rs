@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::identity::validate_node_name;
 use crate::schedules::cron::{CronSchedule, Zone};
 
 /// Most schedules one node may have: they all travel in one signed record.
@@ -110,19 +109,7 @@ pub fn validate(schedules: &[ScheduleConfig]) -> Result<(), Problem> {
     }
     let mut ids = HashSet::new();
     for (i, s) in schedules.iter().enumerate() {
-        validate_node_name(&s.id).map_err(|_| {
-            (
-                i,
-                "id",
-                format!(
-                    "invalid schedule id {:?}: use 1-63 characters from A-Z a-z 0-9 . _ -",
-                    s.id
-                ),
-            )
-        })?;
-        if !ids.insert(s.id.as_str()) {
-            return Err((i, "id", format!("duplicate schedule id {:?}", s.id)));
-        }
+        super::unique_name("schedule id", &s.id, &mut ids).map_err(|m| (i, "id", m))?;
         s.zone().map_err(|e| (i, "timezone", format!("{}: {e}", s.id)))?;
         s.cron().map_err(|e| (i, "schedule", format!("{}: {e}", s.id)))?;
         if s.command.is_empty() || s.command[0].is_empty() {

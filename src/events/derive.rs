@@ -54,17 +54,11 @@ pub fn spawn(
     let mut snapshots = membership.subscribe();
     let mut commits = d.replication.subscribe();
     d.observe_members(&snapshots.borrow_and_update(), false);
-    for (item, content) in d.replication.records(RecordKind::Health) {
-        if let (ItemKey::Node { node, .. }, Ok(report)) = (&item.meta.key, decode(&content)) {
-            d.reports.insert(*node, report);
-        }
-    }
-    for (item, content) in d.replication.records(RecordKind::Schedules) {
-        if let (ItemKey::Node { node, .. }, Ok(record)) = (&item.meta.key, decode_schedules(&content)) {
-            let failed = record.schedules.iter().flat_map(|s| s.recent.iter());
-            d.jobs_seen
-                .insert(*node, failed.filter(|j| j.status.is_failure()).map(|j| j.seq).collect());
-        }
+    d.reports = d.replication.records_of(RecordKind::Health).into_iter().collect();
+    for (node, record) in d.replication.records_of::<SchedulesRecord>(RecordKind::Schedules) {
+        let failed = record.schedules.iter().flat_map(|s| s.recent.iter());
+        d.jobs_seen
+            .insert(node, failed.filter(|j| j.status.is_failure()).map(|j| j.seq).collect());
     }
     tokio::spawn(async move {
         loop {
@@ -86,24 +80,12 @@ pub fn spawn(
     })
 }
 
-fn decode_schedules(content: &[u8]) -> Result<SchedulesRecord, crate::codec::CodecError> {
-    crate::codec::decode_exact(content, crate::replication::policy::MAX_RECORD_SIZE as usize)
-}
-
-fn decode(content: &[u8]) -> Result<HealthReport, crate::codec::CodecError> {
-    crate::codec::decode_exact(content, crate::replication::policy::MAX_RECORD_SIZE as usize)
-}
-
 impl Deriver {
     fn name_of(&mut self, key: &PublicKey) -> Option<String> {
         if let Some(n) = self.names.get(key) {
             return Some(n.clone());
         }
-        let (_, content) = self.replication.get(&ItemKey::Node {
-            node: *key,
-            kind: RecordKind::NodeInfo,
-        })?;
-        let info: crate::replication::records::NodeInfo = crate::codec::decode_exact(&content?, 64 * 1024).ok()?;
+        let info: crate::replication::records::NodeInfo = self.replication.record(key, RecordKind::NodeInfo)?;
         self.names.insert(*key, info.name.clone());
         Some(info.name)
     }
@@ -176,13 +158,9 @@ impl Deriver {
     /// carries the latest jobs of each schedule; a job that has dropped out never comes back,
     /// so the set of reported jobs only keeps those still in the record.
     fn observe_schedules(&mut self, node: PublicKey, version: u64) {
-        let Some((_, Some(content))) = self.replication.get(&ItemKey::Node {
-            node,
-            kind: RecordKind::Schedules,
-        }) else {
+        let Some(record) = self.replication.record::<SchedulesRecord>(&node, RecordKind::Schedules) else {
             return;
         };
-        let Ok(record) = decode_schedules(&content) else { return };
         let first_sight = !self.jobs_seen.contains_key(&node);
         let now = crate::time::unix_ms();
         let reported = self.jobs_seen.entry(node).or_default();
@@ -240,10 +218,9 @@ impl Deriver {
         else {
             return;
         };
-        let Some((_, Some(content))) = self.replication.get(&commit.key) else {
+        let Some(report) = self.replication.record::<HealthReport>(&node, RecordKind::Health) else {
             return;
         };
-        let Ok(report) = decode(&content) else { return };
         let version = commit.version.to_be_bytes();
         let previous = self.reports.insert(node, report.clone());
         let was_degraded = previous.as_ref().is_some_and(|p| p.status == NodeStatus::Degraded);

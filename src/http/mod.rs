@@ -23,7 +23,7 @@ use base64::Engine;
 use crate::identity::PublicKey;
 use crate::membership::{MembershipHandle, Snapshot};
 use crate::replication::ReplicationHandle;
-use crate::replication::item::{ItemKey, RecordKind};
+use crate::replication::item::RecordKind;
 use crate::replication::records::NodeInfo;
 
 /// Facts about the local node that do not change while it runs.
@@ -188,12 +188,8 @@ async fn replication(State(state): State<ApiState>) -> Json<api::Replication> {
 
 /// A node's name from its replicated node-info record.
 pub(crate) fn node_name(replication: &ReplicationHandle, node: &PublicKey) -> Option<String> {
-    let (_, content) = replication.get(&ItemKey::Node {
-        node: *node,
-        kind: RecordKind::NodeInfo,
-    })?;
-    crate::codec::decode_exact::<NodeInfo>(&content?, crate::replication::policy::MAX_RECORD_SIZE as usize)
-        .ok()
+    replication
+        .record::<NodeInfo>(node, RecordKind::NodeInfo)
         .map(|i| i.name)
 }
 

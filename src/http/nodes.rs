@@ -20,15 +20,7 @@ use crate::replication::item::{ItemKey, RecordKind};
 pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
 
 pub(super) fn reports(state: &ApiState) -> HashMap<PublicKey, HealthReport> {
-    state
-        .replication
-        .records(RecordKind::Health)
-        .into_iter()
-        .filter_map(|(item, content)| match item.meta.key {
-            ItemKey::Node { node, .. } => Some((node, crate::codec::decode_exact(&content, 64 * 1024).ok()?)),
-            ItemKey::File { .. } => None,
-        })
-        .collect()
+    state.replication.records_of(RecordKind::Health).into_iter().collect()
 }
 
 fn all_nodes(state: &ApiState) -> Vec<api::NodeView> {

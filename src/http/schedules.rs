@@ -13,7 +13,7 @@ use super::files::Failure;
 use super::{ApiState, api};
 use crate::identity::PublicKey;
 use crate::membership::MemberState;
-use crate::replication::item::{ItemKey, RecordKind};
+use crate::replication::item::RecordKind;
 use crate::schedules::jobs::{Job, JobStatus};
 use crate::schedules::record::{JobSummary, SchedulesRecord};
 use crate::schedules::{JobRef, RunError};
@@ -25,26 +25,11 @@ pub const JOB_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_JOBS_PER_REQUEST: usize = 1000;
 
 fn records(state: &ApiState) -> Vec<(PublicKey, SchedulesRecord)> {
-    state
-        .replication
-        .records(RecordKind::Schedules)
-        .into_iter()
-        .filter_map(|(item, content)| match item.meta.key {
-            ItemKey::Node { node, .. } => Some((
-                node,
-                crate::codec::decode_exact(&content, crate::replication::policy::MAX_RECORD_SIZE as usize).ok()?,
-            )),
-            ItemKey::File { .. } => None,
-        })
-        .collect()
+    state.replication.records_of(RecordKind::Schedules)
 }
 
 fn record_of(state: &ApiState, node: &PublicKey) -> Option<SchedulesRecord> {
-    let (_, content) = state.replication.get(&ItemKey::Node {
-        node: *node,
-        kind: RecordKind::Schedules,
-    })?;
-    crate::codec::decode_exact(&content?, crate::replication::policy::MAX_RECORD_SIZE as usize).ok()
+    state.replication.record(node, RecordKind::Schedules)
 }
 
 struct At<'a> {

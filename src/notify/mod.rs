@@ -55,6 +55,12 @@ pub const MAX_IN_FLIGHT: usize = 8;
 /// Identifies a webhook across nodes without revealing its URL.
 pub type HookId = [u8; 16];
 
+/// The ids of `config`'s webhooks, as its node record advertises them.
+pub fn hook_ids(config: &crate::config::Config) -> Vec<HookId> {
+    let network_id = config.network_id();
+    config.notify.webhooks.iter().map(|h| hook_id(&network_id, h)).collect()
+}
+
 /// The id nodes advertise for a webhook: a hash of its name and URL keyed by the network id.
 pub fn hook_id(network_id: &[u8; 32], hook: &WebhookConfig) -> HookId {
     let mut data = hook.name.as_bytes().to_vec();

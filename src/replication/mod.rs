@@ -288,6 +288,26 @@ impl ReplicationHandle {
         (index.len(), index.fingerprint())
     }
 
+    /// `node`'s record of `kind`, decoded; `None` if absent or not what this version expects.
+    pub fn record<T: serde::de::DeserializeOwned>(&self, node: &PublicKey, kind: RecordKind) -> Option<T> {
+        let (_, content) = self.get(&ItemKey::Node { node: *node, kind })?;
+        crate::codec::decode_exact(&content?, policy::MAX_RECORD_SIZE as usize).ok()
+    }
+
+    /// Every node's record of `kind`, decoded (undecodable ones skipped).
+    pub fn records_of<T: serde::de::DeserializeOwned>(&self, kind: RecordKind) -> Vec<(PublicKey, T)> {
+        self.records(kind)
+            .into_iter()
+            .filter_map(|(item, content)| match item.meta.key {
+                ItemKey::Node { node, .. } => Some((
+                    node,
+                    crate::codec::decode_exact(&content, policy::MAX_RECORD_SIZE as usize).ok()?,
+                )),
+                ItemKey::File { .. } => None,
+            })
+            .collect()
+    }
+
     /// The stored item for `key`, if any, with its content when it is a record (files are
     /// read with [`Store::body_chunks`]).
     pub fn get(&self, key: &ItemKey) -> Option<(item::SignedItem, Option<Vec<u8>>)> {

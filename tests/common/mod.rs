@@ -404,10 +404,15 @@ pub async fn content(http: SocketAddr, name: &str) -> Option<Vec<u8>> {
 
 /// Starts `n` agents joined through the first; waits until all see all.
 pub async fn cluster(net: &TestNetwork, n: usize) -> Vec<AgentHandle> {
-    let seed = start(net.config("n0")).await;
+    cluster_with(net, n, |c| c).await
+}
+
+/// Like [`cluster`], with each node's config passed through `adjust` first.
+pub async fn cluster_with(net: &TestNetwork, n: usize, adjust: impl Fn(Config) -> Config) -> Vec<AgentHandle> {
+    let seed = start(adjust(net.config("n0"))).await;
     let mut agents = vec![];
     for i in 1..n {
-        let mut c = net.config(&format!("n{i}"));
+        let mut c = adjust(net.config(&format!("n{i}")));
         bootstrap(&mut c, &[seed.cluster_addr]);
         agents.push(start(c).await);
     }
