@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::broadcast::{BroadcastFilter, Handler};
+use super::compact;
 use super::id::{FocaCodec, NodeId};
 use super::timers::TimerQueue;
 use crate::identity::PublicKey;
@@ -113,6 +114,9 @@ pub enum CoreError {
     /// The packet's header does not decode.
     #[error("undecodable SWIM header: {0}")]
     Header(crate::codec::CodecError),
+    /// The compact header does not decode.
+    #[error(transparent)]
+    Compact(#[from] compact::CompactError),
     /// The packet claims to come from another node than the authenticated sender.
     #[error("packet claims sender {claimed:?} but came from {actual}")]
     Spoofed {
@@ -248,8 +252,15 @@ impl Core {
         self.version
     }
 
-    /// Handles a SWIM packet from the authenticated peer `from`.
+    /// Handles a SWIM packet in compact form (what [`Core::take_sends`] produces) from the
+    /// authenticated peer `from`.
     pub fn handle_data(&mut self, from: PublicKey, name: &str, data: &[u8], now: Now) -> Result<(), CoreError> {
+        let full = compact::expand(data, &from, &self.identity().key)?;
+        self.handle_full_data(from, name, &full, now)
+    }
+
+    /// Handles a SWIM packet as foca encodes it (full header) from the authenticated peer `from`.
+    pub fn handle_full_data(&mut self, from: PublicKey, name: &str, data: &[u8], now: Now) -> Result<(), CoreError> {
         // foca trusts the header's sender; check it against the TLS-authenticated key first.
         let (header, _) = crate::codec::decode_prefix::<foca::Header<NodeId>>(data).map_err(CoreError::Header)?;
         if header.src.key != from {
@@ -365,7 +376,17 @@ impl Core {
 
     /// Datagrams to send, drained.
     pub fn take_sends(&mut self) -> Vec<(NodeId, Bytes)> {
+        let own = self.identity().key;
         std::mem::take(&mut self.fx.sends)
+            .into_iter()
+            .filter_map(|(to, full)| match compact::compact(&full, &own, &to.key) {
+                Ok(small) => Some((to, Bytes::from(small))),
+                Err(e) => {
+                    debug!(error = %e, "SWIM packet not sent");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// All members including ourselves, ordered by key.

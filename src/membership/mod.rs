@@ -7,6 +7,7 @@
 //! arrived is never mistaken for a timeout when the task falls behind.
 
 mod broadcast;
+pub mod compact;
 pub mod core;
 mod id;
 mod join;
@@ -247,9 +248,14 @@ impl Actor {
 
     fn on_datagram(&mut self, (channel, msg): (Channel, Inbound)) {
         match channel {
-            Channel::Swim => {
+            Channel::Swim | Channel::SwimCompact => {
                 let now = self.now();
-                match self.core.handle_data(msg.from, &msg.name, &msg.data, now) {
+                let handled = if channel == Channel::Swim {
+                    self.core.handle_full_data(msg.from, &msg.name, &msg.data, now)
+                } else {
+                    self.core.handle_data(msg.from, &msg.name, &msg.data, now)
+                };
+                match handled {
                     Ok(()) => self.stats.packets_handled.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         debug!(peer = %msg.from.short(), error = %e, "SWIM packet rejected");
@@ -267,7 +273,7 @@ impl Actor {
                 addr: to.addr,
                 generation: to.generation,
             };
-            self.transport.send(target, Channel::Swim, &data);
+            self.transport.send(target, Channel::SwimCompact, &data);
         }
         for event in self.core.take_events() {
             if let MemberEvent::Up(id) = &event {

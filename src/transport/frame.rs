@@ -6,14 +6,17 @@ use bytes::Bytes;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Channel {
-    /// SWIM membership (foca packets).
+    /// SWIM membership, foca's packets as foca encodes them (still understood; not sent).
     Swim = 1,
+    /// SWIM membership with compact headers (`membership::compact`): what agents send.
+    SwimCompact = 2,
 }
 
 impl Channel {
     fn from_byte(b: u8) -> Option<Channel> {
         match b {
             1 => Some(Channel::Swim),
+            2 => Some(Channel::SwimCompact),
             _ => None,
         }
     }
