@@ -1,6 +1,7 @@
 //! Writes the current version of each file under `<state_dir>/files/<name>`: a temporary file
-//! in the same directory, fsync, rename over the old one, fsync the directory. A crash leaves
-//! either the old or the new file, never a torn one.
+//! in the same directory, fsync, rename over the old one; the directory is fsynced once the queue
+//! drains or every [`DIR_SYNC_BATCH`] files. A crash leaves either the old or the new file, never
+//! a torn one (and the agent rewrites any file that does not match the store when it starts).
 //!
 //! One worker thread does the (blocking) writes in order, so the replication task never waits
 //! on the disk. Jobs for the same name coalesce: only the newest is written.
@@ -116,30 +117,62 @@ impl Drop for Materializer {
     }
 }
 
+/// Renames and removals made durable by one directory fsync. A newcomer receiving thousands of
+/// files pays one directory sync per batch instead of one per file (each file's content is
+/// still synced before its rename).
+const DIR_SYNC_BATCH: usize = 256;
+
 fn run(shared: &Shared, dir: &Path, store: &Store) {
+    // Directory entries changed since the last directory fsync.
+    let mut unsynced = 0usize;
+    let sync = |unsynced: &mut usize| {
+        if *unsynced > 0 {
+            if let Err(e) = sync_dir(dir) {
+                warn!(dir = %dir.display(), error = %e, "could not sync the files directory");
+            }
+            *unsynced = 0;
+        }
+    };
     loop {
-        let (name, job) = {
+        let next = {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if q.stop {
-                    return;
+                    break None;
                 }
                 if let Some(name) = q.order.pop_front() {
                     let job = q.jobs.remove(&name).expect("queued names have jobs");
-                    break (name, job);
+                    break Some((name, job));
+                }
+                if unsynced > 0 {
+                    // Queue drained: make the batch durable before saying idle.
+                    break None;
                 }
                 q.idle = true;
                 shared.wake.notify_all();
                 q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
+        let Some((name, job)) = next else {
+            sync(&mut unsynced);
+            if shared.queue.lock().unwrap_or_else(|e| e.into_inner()).stop {
+                return;
+            }
+            continue;
+        };
         let result = match &job {
             Job::Write { hash, size } => write_file(dir, &name, store, hash, *size),
             Job::Remove => remove_file(dir, &name),
         };
         match result {
-            Ok(()) => debug!(file = %name, ?job, "materialized"),
+            Ok(()) => {
+                unsynced += 1;
+                debug!(file = %name, ?job, "materialized");
+            }
             Err(e) => warn!(file = %name, error = %e, "could not write file to disk"),
+        }
+        if unsynced >= DIR_SYNC_BATCH {
+            sync(&mut unsynced);
         }
     }
 }
@@ -161,8 +194,8 @@ fn write_file(dir: &Path, name: &str, store: &Store, hash: &[u8; 32], size: u64)
             )));
         }
         file.sync_all()?;
-        std::fs::rename(&tmp, &target)?;
-        sync_dir(dir)
+        // The directory is synced by the worker, once per batch.
+        std::fs::rename(&tmp, &target)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -172,7 +205,7 @@ fn write_file(dir: &Path, name: &str, store: &Store, hash: &[u8; 32], size: u64)
 
 fn remove_file(dir: &Path, name: &str) -> std::io::Result<()> {
     match std::fs::remove_file(dir.join(name)) {
-        Ok(()) => sync_dir(dir),
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
@@ -180,4 +213,62 @@ fn remove_file(dir: &Path, name: &str) -> std::io::Result<()> {
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(dir: &Path, bodies: &[Vec<u8>]) -> Store {
+        let store = Store::open(dir).unwrap();
+        for b in bodies {
+            let mut w = store.body_writer(*blake3::hash(b).as_bytes(), b.len() as u64).unwrap();
+            w.write(b).unwrap();
+            w.finish().unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn many_files_are_written_and_removed_across_directory_sync_batches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let count = DIR_SYNC_BATCH * 2 + 7;
+        let bodies: Vec<Vec<u8>> = (0..count).map(|i| format!("file {i}").into_bytes()).collect();
+        let store = store_with(&tmp.path().join("state"), &bodies);
+        let files = tmp.path().join("files");
+        let m = Materializer::start(&files, store).unwrap();
+        for (i, b) in bodies.iter().enumerate() {
+            m.write(&format!("f{i}"), *blake3::hash(b).as_bytes(), b.len() as u64);
+        }
+        m.wait_idle();
+        for (i, b) in bodies.iter().enumerate() {
+            assert_eq!(&std::fs::read(files.join(format!("f{i}"))).unwrap(), b);
+        }
+        m.remove("f0");
+        m.wait_idle();
+        assert!(!files.join("f0").exists());
+        let leftovers = std::fs::read_dir(&files)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".shoal-tmp-")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+
+    #[test]
+    fn a_body_of_the_wrong_size_is_not_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let body = b"twelve bytes".to_vec();
+        let store = store_with(&tmp.path().join("state"), std::slice::from_ref(&body));
+        let files = tmp.path().join("files");
+        let m = Materializer::start(&files, store).unwrap();
+        m.write("x", *blake3::hash(&body).as_bytes(), 99);
+        m.wait_idle();
+        assert!(!files.join("x").exists());
+    }
 }

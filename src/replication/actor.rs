@@ -606,9 +606,35 @@ impl Actor {
                 if on_disk.is_some() {
                     self.materializer.remove(name);
                 }
-            } else if on_disk != Some(item.meta.size) {
+            } else if on_disk != Some(item.meta.size) || !same_content(&path, &item.meta.hash) {
                 self.materializer.write(name, item.meta.hash, item.meta.size);
             }
         }
+    }
+}
+
+/// Whether the file at `path` hashes to `hash`. A crash between a rename and the directory
+/// sync can leave the previous version, possibly of the same size, so sizes are not enough.
+fn same_content(path: &std::path::Path, hash: &[u8; 32]) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(file).is_ok() && hasher.finalize().as_bytes() == hash
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn same_content_compares_hashes_not_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"version two!").unwrap();
+        assert!(super::same_content(&path, blake3::hash(b"version two!").as_bytes()));
+        assert!(!super::same_content(&path, blake3::hash(b"version one!").as_bytes()));
+        assert!(!super::same_content(
+            &dir.path().join("missing"),
+            blake3::hash(b"").as_bytes()
+        ));
     }
 }
