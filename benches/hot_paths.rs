@@ -69,6 +69,16 @@ fn swim_codec(c: &mut Criterion) {
     c.bench_function("SWIM header decode", |b| {
         b.iter(|| shoal::membership::FocaCodec.decode_header(black_box(&buf[..])).unwrap())
     });
+    // What the agent sends is the compact form (keys dropped, put back by the receiver).
+    let (a, d) = (node_id(1).key, node_id(2).key);
+    let small = shoal::membership::compact::compact(&buf, &a, &d).unwrap();
+    c.bench_function(
+        &format!("SWIM ping to compact form ({} -> {} B)", buf.len(), small.len()),
+        |b| b.iter(|| shoal::membership::compact::compact(black_box(&buf), &a, &d).unwrap()),
+    );
+    c.bench_function("SWIM ping from compact form", |b| {
+        b.iter(|| shoal::membership::compact::expand(black_box(&small), &a, &d).unwrap())
+    });
 }
 
 fn items(c: &mut Criterion) {
@@ -162,5 +172,168 @@ fn reconciliation(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, certificates, swim_codec, items, reconciliation);
+/// Signing and verifying a batch of 64 items (one reconciliation turn's worth): one by one, as
+/// the agent does (strict verification), and with ed25519-dalek's batch verification, to know
+/// what switching would gain.
+fn batches(c: &mut Criterion) {
+    use shoal::replication::item::{ItemKey, ItemMeta, SignedItem};
+    const BATCH: usize = 64;
+    let signer = SecretKey::generate();
+    let metas: Vec<ItemMeta> = (0..BATCH)
+        .map(|i| {
+            let body = format!("record {i}").into_bytes();
+            ItemMeta {
+                network: [1; 32],
+                key: ItemKey::File { name: format!("r{i}") },
+                version: (1_795_366_553_000 + i as u64) << 16,
+                signer: signer.public(),
+                hash: *blake3::hash(&body).as_bytes(),
+                size: body.len() as u64,
+                deleted: false,
+            }
+        })
+        .collect();
+    c.bench_function("item sign, batch of 64", |b| {
+        b.iter(|| {
+            metas
+                .iter()
+                .map(|m| SignedItem::sign(black_box(m.clone()), &signer))
+                .collect::<Vec<_>>()
+        })
+    });
+    let items: Vec<SignedItem> = metas.iter().map(|m| SignedItem::sign(m.clone(), &signer)).collect();
+    c.bench_function(
+        "item verify, batch of 64, one by one (strict, as the agent does)",
+        |b| b.iter(|| black_box(&items).iter().all(|i| i.verify_signature())),
+    );
+    // The exact messages the agent signs: domain prefix + meta bytes.
+    let messages: Vec<Vec<u8>> = items
+        .iter()
+        .map(|i| [shoal::replication::item::DOMAIN, &i.meta_bytes].concat())
+        .collect();
+    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let sigs: Vec<ed25519_dalek::Signature> = items
+        .iter()
+        .map(|i| ed25519_dalek::Signature::from_bytes(&i.signature))
+        .collect();
+    let keys = vec![ed25519_dalek::VerifyingKey::from_bytes(signer.public().as_bytes()).unwrap(); BATCH];
+    c.bench_function("item verify, batch of 64, ed25519-dalek verify_batch", |b| {
+        b.iter(|| ed25519_dalek::verify_batch(black_box(&refs), &sigs, &keys).is_ok())
+    });
+}
+
+/// Encode and decode of every message that crosses the wire (the SWIM header and the wire
+/// item, also a broadcast datagram's payload, are in `swim_codec` and `items`).
+fn wire_messages(c: &mut Criterion) {
+    use shoal::codec::{decode_exact, encode};
+    use shoal::replication::index::{Entry, Index};
+    use shoal::replication::item::{ItemKey, ItemMeta, Rank, RecordKind, SignedItem, WireItem};
+    use shoal::replication::protocol::{BodyHeader, Turn};
+    use shoal::replication::reconcile;
+    use shoal::rpc::{Claim, ConfirmReply, Request};
+
+    fn pair<T>(c: &mut Criterion, name: &str, msg: &T)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let bytes = encode(msg).unwrap();
+        c.bench_function(&format!("{name} encode ({} B)", bytes.len()), |b| {
+            b.iter(|| encode(black_box(msg)).unwrap())
+        });
+        c.bench_function(&format!("{name} decode ({} B)", bytes.len()), |b| {
+            b.iter(|| decode_exact::<T>(black_box(&bytes), 1 << 24).unwrap())
+        });
+    }
+
+    let member = foca::Member::new(node_id(3), 2, foca::State::Alive);
+    let mut buf = Vec::with_capacity(128);
+    shoal::membership::FocaCodec.encode_member(&member, &mut buf).unwrap();
+    c.bench_function(&format!("SWIM member update encode ({} B)", buf.len()), |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(128);
+            shoal::membership::FocaCodec
+                .encode_member(black_box(&member), &mut out)
+                .unwrap();
+            out
+        })
+    });
+    c.bench_function(&format!("SWIM member update decode ({} B)", buf.len()), |b| {
+        b.iter(|| shoal::membership::FocaCodec.decode_member(black_box(&buf[..])).unwrap())
+    });
+
+    let node = SecretKey::from_seed([9; 32]).public();
+    pair(c, "rpc GetBody", &Request::GetBody { hash: [7; 32] });
+    pair(c, "rpc Job", &Request::Job { seq: 12_345, log: true });
+    pair(
+        c,
+        "rpc Confirm(Record)",
+        &Request::Confirm(Claim::Record {
+            node,
+            kind: RecordKind::Health,
+            version: 1_795_366_553_000 << 16,
+        }),
+    );
+    pair(c, "ConfirmReply", &ConfirmReply { agree: true });
+    pair(c, "BodyHeader", &BodyHeader { size: Some(10 << 20) });
+
+    // The opening turn of a reconciliation over 10,000 items.
+    let mut index = Index::default();
+    for n in 0..10_000u64 {
+        let key = blake3::hash(&n.to_be_bytes()).as_bytes()[..16].to_vec();
+        let rank = Rank {
+            version: n,
+            signer: [0; 32],
+            hash: [0; 32],
+            deleted: false,
+        };
+        index.insert(
+            key,
+            Entry {
+                rank,
+                digest: *blake3::hash(&n.to_le_bytes()).as_bytes(),
+            },
+        );
+    }
+    let opening = Request::Reconcile(Turn {
+        ranges: reconcile::open(&index),
+        ..Turn::default()
+    });
+    pair(c, "rpc Reconcile opening turn, 10k items", &opening);
+
+    // A turn carrying 64 small records (what a newcomer receives per round).
+    let signer = SecretKey::generate();
+    let items: Vec<WireItem> = (0..64)
+        .map(|i| {
+            let body = format!("record {i}: {}", "x".repeat(64)).into_bytes();
+            let meta = ItemMeta {
+                network: [1; 32],
+                key: ItemKey::File { name: format!("r{i}") },
+                version: (1_795_366_553_000 + i) << 16,
+                signer: signer.public(),
+                hash: *blake3::hash(&body).as_bytes(),
+                size: body.len() as u64,
+                deleted: false,
+            };
+            WireItem::new(&SignedItem::sign(meta, &signer), Some(body))
+        })
+        .collect();
+    pair(
+        c,
+        "reconciliation turn with 64 records",
+        &Turn {
+            items,
+            ..Turn::default()
+        },
+    );
+}
+
+criterion_group!(
+    benches,
+    certificates,
+    swim_codec,
+    items,
+    batches,
+    wire_messages,
+    reconciliation
+);
 criterion_main!(benches);

@@ -1,16 +1,11 @@
-//! Mesh benchmark with every agent a separate `shoal agent` process on loopback, production
-//! defaults (probe 1 s, suspicion 3 s, anti-entropy 30 s), as operators run it.
+//! shoal side of the mesh bench: every agent a separate `shoal agent` process (release build)
+//! with production defaults (probe 1 s, suspicion 3 s, anti-entropy 30 s), as operators run it.
 //!
-//! For each N it reports: join convergence (all N processes started at once, until every
-//! agent lists N alive); idle cost per agent after a settle (CPU, RSS, UDP bytes sent, read
-//! from /proc and /metrics); propagation of a small signed file to every node (uploaded
-//! through one node's API, observed by polling every node's API every 20 ms, so figures carry
-//! up to ~20 ms of observation delay); and failure detection (a `kill -9`ed agent, until every
-//! survivor lists it down, polled every 100 ms).
-//!
-//! Run: cargo bench --bench mesh
-//! Env: SHOAL_MESH_NODES=10,30,50  SHOAL_MESH_SETTLE_SECS=60  SHOAL_MESH_IDLE_SECS=20
-//!      SHOAL_MESH_REPS=20 (small file)  SHOAL_MESH_KILLS=3
+//! Observation: join and small-record propagation by polling every agent's HTTP API (every
+//! 100 ms and 20 ms, so those figures carry up to that much observation delay); files by
+//! polling each agent's `<state_dir>/files` (written by rename, so existence with the full
+//! size means done); failure verdicts from each agent's own event log (`/api/events`, the
+//! millisecond at which that agent declared the member down), so they carry no polling delay.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,31 +15,23 @@ use std::time::{Duration, Instant};
 use shoal::identity::{NodeCertificate, PublicKey, SecretKey, unix_now};
 use shoal::replication::item::{ItemMeta, SignedItem};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use crate::common::{self, Opts, Row, free_port, push_latencies, wall_ms};
 
-fn free_port(udp: bool) -> u16 {
-    if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-}
+const TOOL: &str = "shoal";
+/// Time a mesh gets after a disturbance (stop, loss) to settle its verdicts before counting.
+const AFTERMATH: Duration = Duration::from_secs(15);
 
 struct Agent {
-    name: String,
     key: PublicKey,
     http: SocketAddr,
+    state: PathBuf,
     child: Child,
+}
+
+impl Agent {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Agent {
@@ -55,82 +42,77 @@ impl Drop for Agent {
 }
 
 struct Mesh {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     agents: Vec<Agent>,
     network: SecretKey,
     signer: SecretKey,
+    seeds: Vec<u16>,
+    /// The `[files]` section every agent gets.
+    policy: String,
     client: reqwest::Client,
 }
 
-fn config(
-    state: &Path,
-    cluster: u16,
-    http: u16,
-    network: &SecretKey,
-    cert: &str,
-    seeds: &[u16],
-    signer: &PublicKey,
-) -> String {
-    let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-    format!(
-        "[node]\nstate_dir = \"{}\"\n\n[cluster]\nlisten = \"127.0.0.1:{cluster}\"\nbootstrap = [{}]\n\n[network]\nnetwork_key = \"{}\"\ncertificate = \"{cert}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n[files]\n\"small\" = [\"{signer}\"]\n",
-        state.display(),
-        seeds.join(", "),
-        network.public(),
-    )
-}
-
 impl Mesh {
-    /// Starts `n` agent processes at once; the first two are everyone's bootstrap nodes.
-    fn start(n: usize) -> Mesh {
-        let dir = tempfile::tempdir().unwrap();
-        let network = SecretKey::generate();
+    /// Starts `n` agent processes at once; the first two are everyone's bootstrap nodes. Every
+    /// agent accepts the file names `names`, signed by the bench's signer.
+    fn start(n: usize, names: &[String]) -> Mesh {
         let signer = SecretKey::generate();
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(true), free_port(false))).collect();
-        let seeds: Vec<u16> = ports.iter().take(2).map(|p| p.0).collect();
-        let mut agents = Vec::with_capacity(n);
-        for (i, (cluster, http)) in ports.iter().enumerate() {
-            let name = format!("n{i}");
-            let state: PathBuf = dir.path().join(&name);
-            let key = SecretKey::generate();
-            key.save(&state.join("node.key"), false).unwrap();
-            let cert = NodeCertificate::issue(&network, key.public(), &name, unix_now() - 60, unix_now() + 86400)
-                .unwrap()
-                .to_base64();
-            let path = state.join("shoal.toml");
-            let others: Vec<u16> = seeds.iter().copied().filter(|p| p != cluster).collect();
-            std::fs::write(
-                &path,
-                config(&state, *cluster, *http, &network, &cert, &others, &signer.public()),
-            )
-            .unwrap();
-            let log = std::fs::File::create(state.join("agent.log")).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-                .args(["agent", "--config"])
-                .arg(&path)
-                .env("LOG_LEVEL", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            agents.push(Agent {
-                name,
-                key: key.public(),
-                http: SocketAddr::from(([127, 0, 0, 1], *http)),
-                child,
-            });
+        let mut policy = String::from("[files]\n");
+        for name in names {
+            policy.push_str(&format!("\"{name}\" = [\"{}\"]\n", signer.public()));
         }
-        Mesh {
-            _dir: dir,
-            agents,
-            network,
+        let mut mesh = Mesh {
+            dir: tempfile::tempdir().unwrap(),
+            agents: Vec::with_capacity(n),
+            network: SecretKey::generate(),
             signer,
+            seeds: (0..2).map(|_| free_port(true)).collect(),
+            policy,
             client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
+        };
+        for i in 0..n {
+            mesh.spawn(i);
         }
+        mesh
+    }
+
+    /// Starts agent `i` (`n{i}`); agents 0 and 1 listen on the seed ports.
+    fn spawn(&mut self, i: usize) {
+        let name = format!("n{i}");
+        let state: PathBuf = self.dir.path().join(&name);
+        let key = SecretKey::generate();
+        key.save(&state.join("node.key"), false).unwrap();
+        let cert = NodeCertificate::issue(&self.network, key.public(), &name, unix_now() - 60, unix_now() + 86400)
+            .unwrap()
+            .to_base64();
+        let cluster = self.seeds.get(i).copied().unwrap_or_else(|| free_port(true));
+        let http = free_port(false);
+        let others: Vec<String> = self
+            .seeds
+            .iter()
+            .filter(|p| **p != cluster)
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        let config = format!(
+            "[node]\nstate_dir = \"{}\"\n\n[cluster]\nlisten = \"127.0.0.1:{cluster}\"\nbootstrap = [{}]\n\n\
+             [network]\nnetwork_key = \"{}\"\ncertificate = \"{cert}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{}",
+            state.display(),
+            others.join(", "),
+            self.network.public(),
+            self.policy,
+        );
+        let path = state.join("shoal.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = spawn_agent(&path, &state);
+        self.agents.push(Agent {
+            key: key.public(),
+            http: SocketAddr::from(([127, 0, 0, 1], http)),
+            state,
+            child,
+        });
     }
 
     async fn get(&self, http: SocketAddr, path: &str) -> Option<serde_json::Value> {
@@ -156,15 +138,6 @@ impl Mesh {
             .unwrap_or(0)
     }
 
-    async fn state_of(&self, a: &Agent, key: &PublicKey) -> Option<String> {
-        let m = self.get(a.http, "/api/members").await?;
-        m["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["key"] == key.to_string())
-            .and_then(|m| m["state"].as_str().map(String::from))
-    }
-
     /// Until every agent lists `n` alive.
     async fn converge(&self, n: usize, limit: Duration) -> Option<Duration> {
         let t0 = Instant::now();
@@ -178,28 +151,39 @@ impl Mesh {
         None
     }
 
-    /// Uploads a small file through agent `origin`; time until every agent serves it.
-    async fn propagate(&self, origin: usize, rep: usize) -> Duration {
-        let body = format!("small signed record {rep}").into_bytes();
+    /// Signs `body` as file `name` and uploads it through agent `origin`; returns its version.
+    async fn upload(&self, origin: usize, name: &str, body: Vec<u8>) -> u64 {
         let version = shoal::replication::hlc::next(shoal::time::unix_ms(), 0);
         let meta = ItemMeta::file(
             *self.network.public().as_bytes(),
-            "small",
+            name,
             &body,
             self.signer.public(),
             version,
         );
         let envelope = shoal::files::envelope::encode(&SignedItem::sign(meta, &self.signer), &body);
-        let t0 = Instant::now();
         let resp = self
             .client
-            .put(format!("http://{}/api/files/small", self.agents[origin].http))
+            .put(format!("http://{}/api/files/{name}", self.agents[origin].http))
             .header("content-type", shoal::files::envelope::CONTENT_TYPE)
             .body(envelope)
             .send()
             .await
             .unwrap();
-        assert!(resp.status().is_success(), "upload refused: {}", resp.status());
+        assert!(
+            resp.status().is_success(),
+            "upload of {name} refused: {}",
+            resp.status()
+        );
+        version
+    }
+
+    /// Uploads a small file through agent `origin`; time until every agent's API serves it.
+    async fn small(&self, origin: usize, rep: usize) -> Duration {
+        let t0 = Instant::now();
+        let version = self
+            .upload(origin, "small", format!("small signed record {rep}").into_bytes())
+            .await;
         let mut pending: Vec<&Agent> = self.agents.iter().collect();
         let mut last = Duration::ZERO;
         while !pending.is_empty() {
@@ -226,170 +210,391 @@ impl Mesh {
         last
     }
 
-    /// `kill -9`s agent `victim`; time until every survivor lists it down.
-    async fn kill_and_detect(&mut self, victim: usize) -> Duration {
-        let key = self.agents[victim].key;
-        let mut dead = self.agents.remove(victim);
+    /// Uploads `size` random bytes as file `name` through `origin`; time until every agent has
+    /// written it to its files directory.
+    async fn file(&self, origin: usize, name: &str, size: usize) -> Duration {
+        let body: Vec<u8> = (0..size).map(|_| rand::random::<u8>()).collect();
         let t0 = Instant::now();
-        let _ = dead.child.kill();
-        let _ = dead.child.wait();
+        self.upload(origin, name, body).await;
+        let mut pending: Vec<PathBuf> = self.agents.iter().map(|a| a.state.join("files").join(name)).collect();
         loop {
-            let states = futures_util::future::join_all(self.agents.iter().map(|a| self.state_of(a, &key))).await;
-            if states.iter().all(|s| s.as_deref() == Some("down") || s.is_none()) {
+            pending.retain(|p| std::fs::metadata(p).map(|m| m.len() != size as u64).unwrap_or(true));
+            if pending.is_empty() {
                 return t0.elapsed();
             }
-            assert!(t0.elapsed() < Duration::from_secs(120), "failure not detected");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                t0.elapsed() < Duration::from_secs(300),
+                "{name} did not reach every agent"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    /// Per agent over `window`: (CPU %, RSS KiB, UDP bytes sent per second).
-    async fn idle(&self, window: Duration) -> Vec<(f64, u64, f64)> {
-        let sample = |a: &Agent| (cpu_ticks(a.child.id()), a.http);
-        let before: Vec<(u64, SocketAddr)> = self.agents.iter().map(sample).collect();
-        let sent_before = futures_util::future::join_all(self.agents.iter().map(|a| self.udp_sent(a.http))).await;
-        tokio::time::sleep(window).await;
-        let sent_after = futures_util::future::join_all(self.agents.iter().map(|a| self.udp_sent(a.http))).await;
-        let hz = 100.0; // USER_HZ on Linux
-        self.agents
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let cpu = (cpu_ticks(a.child.id()) - before[i].0) as f64 / hz / window.as_secs_f64() * 100.0;
-                let bytes = (sent_after[i] - sent_before[i]) / window.as_secs_f64();
-                (cpu, rss_kib(a.child.id()), bytes)
-            })
-            .collect()
-    }
-
-    async fn udp_sent(&self, http: SocketAddr) -> f64 {
-        let text = match self.client.get(format!("http://{http}/metrics")).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        text.lines()
-            .find(|l| l.starts_with("shoal_bytes_total{kind=\"quic_udp\",direction=\"sent\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    // After the command: state is field 3, utime 14 and stime 15 (1-based, whole line).
-    let get = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(14) + get(15)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn main() {
-    let sizes: Vec<usize> = std::env::var("SHOAL_MESH_NODES")
-        .unwrap_or_else(|_| "10,30,50".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let settle = Duration::from_secs(env_or("SHOAL_MESH_SETTLE_SECS", 60));
-    let idle_window = Duration::from_secs(env_or("SHOAL_MESH_IDLE_SECS", 20));
-    let reps = env_or("SHOAL_MESH_REPS", 20) as usize;
-    let kills = env_or("SHOAL_MESH_KILLS", 3) as usize;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut rows = Vec::new();
-    for n in sizes {
-        rt.block_on(async {
-            // Join convergence counts from before the first process is spawned.
-            let t0 = Instant::now();
-            let mut mesh = Mesh::start(n);
-            mesh.converge(n, Duration::from_secs(120))
-                .await
-                .expect("mesh did not converge");
-            let join = t0.elapsed();
-            println!("N={n}: all {n} processes list {n} alive {} after start", ms(join));
-            rows.push(format!(
-                "| {n} | join convergence (all started at once) | {} | | |",
-                ms(join)
-            ));
-            tokio::time::sleep(settle).await;
-            let idle = mesh.idle(idle_window).await;
-            let cpu = median(idle.iter().map(|x| x.0).collect());
-            let rss = median(idle.iter().map(|x| x.1 as f64).collect());
-            let udp = median(idle.iter().map(|x| x.2).collect());
-            println!(
-                "N={n}: idle per agent: CPU {cpu:.2}% of a core, RSS {:.1} MiB, UDP sent {udp:.0} B/s (medians)",
-                rss / 1024.0
-            );
-            rows.push(format!(
-                "| {n} | idle per agent (median) | CPU {cpu:.2}% | RSS {:.1} MiB | UDP {udp:.0} B/s |",
-                rss / 1024.0
-            ));
-            let mut times = Vec::new();
-            for rep in 0..reps {
-                times.push(mesh.propagate(rep % n, rep).await);
+    /// Unix ms at which each agent in `observers` declared `key` down at or after `since_ms`.
+    async fn down_verdicts(&self, observers: &[usize], key: Option<&PublicKey>, since_ms: f64) -> Vec<f64> {
+        let mut out = Vec::new();
+        for &i in observers {
+            let Some(ev) = self.get(self.agents[i].http, "/api/events?limit=1000").await else {
+                continue;
+            };
+            for e in ev["events"].as_array().into_iter().flatten() {
+                let at = e["at_ms"].as_f64().unwrap_or(0.0);
+                let about = e["node"].as_str().unwrap_or("");
+                if e["kind"] == "node_down"
+                    && at >= since_ms
+                    && key.is_none_or(|k| k.to_string() == about)
+                    && about != self.agents[i].key.to_string()
+                {
+                    out.push(at);
+                }
             }
-            times.sort();
-            if !times.is_empty() {
-                let (p50, p99, max) = (
-                    percentile(&times, 0.5),
-                    percentile(&times, 0.99),
-                    *times.last().unwrap(),
-                );
-                println!(
-                    "N={n}: small file reaches all: p50 {} p99 {} max {} over {reps}",
-                    ms(p50),
-                    ms(p99),
-                    ms(max)
-                );
-                rows.push(format!(
-                    "| {n} | small signed file to all ({reps} uploads) | p50 {} | p99 {} | max {} |",
-                    ms(p50),
-                    ms(p99),
-                    ms(max)
+        }
+        out
+    }
+
+    /// `kill -9`s agent `victim`; time until the last survivor declared it down (from its
+    /// event log), found once every survivor lists it down.
+    async fn kill_and_detect(&mut self, victim: usize) -> Duration {
+        let key = self.agents[victim].key;
+        let mut dead = self.agents.remove(victim);
+        let t0 = wall_ms();
+        let started = Instant::now();
+        let _ = dead.child.kill();
+        let _ = dead.child.wait();
+        let all: Vec<usize> = (0..self.agents.len()).collect();
+        loop {
+            let verdicts = self.down_verdicts(&all, Some(&key), t0).await;
+            if verdicts.len() >= self.agents.len() {
+                let last = verdicts.iter().copied().fold(t0, f64::max);
+                return Duration::from_secs_f64((last - t0).max(0.0) / 1000.0);
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "failure not detected");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Stops agent `victim` (SIGSTOP) for `secs`, resumes it, waits, and counts the agents
+    /// that declared it down meanwhile.
+    async fn stop_and_count(&self, victim: usize, secs: u64) -> usize {
+        let t0 = wall_ms();
+        let pid = self.agents[victim].pid() as libc::pid_t;
+        // SAFETY: plain signals to a child process of ours.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        tokio::time::sleep(AFTERMATH).await;
+        let others: Vec<usize> = (0..self.agents.len()).filter(|i| *i != victim).collect();
+        self.down_verdicts(&others, Some(&self.agents[victim].key), t0)
+            .await
+            .len()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.agents.iter().map(Agent::pid).collect()
+    }
+
+    /// Every metric sample of every agent, summed over agents.
+    async fn counters(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut sum = std::collections::BTreeMap::new();
+        for a in &self.agents {
+            let Ok(r) = self.client.get(format!("http://{}/metrics", a.http)).send().await else {
+                continue;
+            };
+            for line in r
+                .text()
+                .await
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+            {
+                if let Some((name, v)) = line.rsplit_once(' ')
+                    && let Ok(v) = v.parse::<f64>()
+                {
+                    *sum.entry(name.to_string()).or_insert(0.0) += v;
+                }
+            }
+        }
+        sum
+    }
+
+    /// `(files, bytes)` agent `a` holds, from its metrics.
+    async fn holdings(&self, a: &Agent) -> (u64, u64) {
+        let text = match self.client.get(format!("http://{}/metrics", a.http)).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return (0, 0),
+        };
+        let read = |name: &str| {
+            text.lines()
+                .find(|l| l.split(' ').next() == Some(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        };
+        (read("shoal_files"), read("shoal_file_bytes"))
+    }
+}
+
+fn spawn_agent(config: &Path, state: &Path) -> Child {
+    let log = std::fs::File::create(state.join("agent.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["agent", "--config"])
+        .arg(config)
+        .env("LOG_LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn file_names(opts: &Opts) -> Vec<String> {
+    let mut names = vec!["small".to_string()];
+    for r in 0..opts.file_reps {
+        names.push(format!("f1m-{r}"));
+        names.push(format!("f10m-{r}"));
+    }
+    names
+}
+
+/// Runs every shoal scenario at size `n`.
+pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<Row>) {
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let mut mesh = Mesh::start(n, &file_names(opts));
+        mesh.converge(n, Duration::from_secs(180))
+            .await
+            .expect("mesh did not converge");
+        let join = t0.elapsed();
+        println!(
+            "N={n} shoal: all {n} agents list {n} alive {:.0} ms after the first spawn",
+            join.as_secs_f64() * 1e3
+        );
+        if opts.wants("join") {
+            out.push(Row::new(n, "join convergence", TOOL, join.as_secs_f64() * 1e3, "ms"));
+        }
+        if opts.wants("idle") {
+            tokio::time::sleep(opts.settle).await;
+            let before = mesh.counters().await;
+            common::measure_idle(out, n, TOOL, &mesh.pids(), opts.idle_window, opts.private_net).await;
+            // Where the idle traffic goes, per agent per second, from the agents' own counters.
+            let after = mesh.counters().await;
+            let per = (n as f64) * opts.idle_window.as_secs_f64();
+            for (name, v) in &after {
+                let d = v - before.get(name).copied().unwrap_or(0.0);
+                if d > 0.0
+                    && (name.starts_with("shoal_bytes")
+                        || name.starts_with("shoal_messages")
+                        || name.contains("connections")
+                        || name.contains("anti_entropy"))
+                {
+                    println!("N={n} shoal:   idle {name}: {:.2}/s per agent", d / per);
+                }
+            }
+        }
+        if opts.wants("small") && opts.reps > 0 {
+            let mut times = Vec::new();
+            for rep in 0..opts.reps {
+                times.push(mesh.small(rep % n, rep).await);
+            }
+            push_latencies(out, n, "small record to all", TOOL, &times);
+        }
+        if opts.wants("files") && opts.file_reps > 0 {
+            for (label, prefix, size) in [
+                ("1 MiB file to all", "f1m", 1 << 20),
+                ("10 MiB file to all", "f10m", 10 << 20),
+            ] {
+                let mut times = Vec::new();
+                for rep in 0..opts.file_reps {
+                    times.push(mesh.file(rep % n, &format!("{prefix}-{rep}"), size).await);
+                }
+                push_latencies(out, n, label, TOOL, &times);
+            }
+        }
+        if opts.wants("stop") {
+            // Agent 2: not a seed, and not one the kills below take.
+            for &s in &opts.stops {
+                let count = mesh.stop_and_count(2.min(n - 1), s).await;
+                println!("N={n} shoal: SIGSTOP {s} s: {count} agents declared it down");
+                out.push(Row::new(
+                    n,
+                    format!("false down verdicts, SIGSTOP {s} s"),
+                    TOOL,
+                    count as f64,
+                    "verdicts",
                 ));
             }
+        }
+        if opts.wants("loss") && opts.private_net {
+            let t0 = wall_ms();
+            common::set_loss(opts.loss_percent);
+            tokio::time::sleep(opts.loss_window).await;
+            common::set_loss(0);
+            tokio::time::sleep(AFTERMATH).await;
+            let all: Vec<usize> = (0..mesh.agents.len()).collect();
+            let count = mesh.down_verdicts(&all, None, t0).await.len();
+            println!(
+                "N={n} shoal: {} % loss for {:?}: {count} down verdicts",
+                opts.loss_percent, opts.loss_window
+            );
+            out.push(Row::new(
+                n,
+                format!(
+                    "false down verdicts, {}% loss for {} s",
+                    opts.loss_percent,
+                    opts.loss_window.as_secs()
+                ),
+                TOOL,
+                count as f64,
+                "verdicts",
+            ));
+        }
+        if opts.wants("kill") {
             let mut detect = Vec::new();
-            for k in 0..kills.min(n.saturating_sub(3)) {
-                // Never a bootstrap node (0, 1): the mesh must stay joinable.
-                let victim = mesh.agents.len() - 1 - k % (mesh.agents.len() - 2);
-                let name = mesh.agents[victim].name.clone();
-                let d = mesh.kill_and_detect(victim).await;
-                println!("N={n}: {name} killed (-9): all survivors list it down after {}", ms(d));
-                detect.push(d);
+            for _ in 0..opts.kills.min(n.saturating_sub(4)) {
+                let victim = mesh.agents.len() - 1;
+                detect.push(mesh.kill_and_detect(victim).await);
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
-            detect.sort();
-            if !detect.is_empty() {
-                rows.push(format!(
-                    "| {n} | kill -9: until every survivor lists it down ({} kills) | p50 {} | | max {} |",
-                    detect.len(),
-                    ms(percentile(&detect, 0.5)),
-                    ms(*detect.last().unwrap())
-                ));
+            push_latencies(out, n, "kill -9 seen down by all", TOOL, &detect);
+        }
+        drop(mesh);
+        if opts.wants("catchup") {
+            catch_up(n, opts, out).await;
+        }
+    });
+}
+
+/// A mesh of `n - 1` agents holding `catchup_records` small signed files and `catchup_mib`
+/// files of 1 MiB; then a newcomer starts: time until it holds all of them.
+async fn catch_up(n: usize, opts: &Opts, out: &mut Vec<Row>) {
+    let records = opts.catchup_records;
+    let big = opts.catchup_mib;
+    let mut names: Vec<String> = (0..records).map(|i| format!("r{i}")).collect();
+    names.extend((0..big).map(|i| format!("c{i}")));
+    let mut mesh = Mesh::start(n - 1, &names);
+    mesh.converge(n - 1, Duration::from_secs(180))
+        .await
+        .expect("catch-up mesh did not converge");
+    let t_load = Instant::now();
+    let mut bytes = 0u64;
+    // Uploads through every agent in turn, 32 at a time.
+    let mut uploads = Vec::new();
+    for i in 0..records {
+        let body = format!("record {i}: {}", "x".repeat(64)).into_bytes();
+        bytes += body.len() as u64;
+        uploads.push((format!("r{i}"), body));
+    }
+    for i in 0..big {
+        let body: Vec<u8> = (0..1 << 20).map(|_| rand::random::<u8>()).collect();
+        bytes += body.len() as u64;
+        uploads.push((format!("c{i}"), body));
+    }
+    let total = uploads.len() as u64;
+    for (k, chunk) in uploads.chunks(32).enumerate() {
+        let origin = k % mesh.agents.len();
+        futures_util::future::join_all(chunk.iter().map(|(name, body)| mesh.upload(origin, name, body.clone()))).await;
+    }
+    loop {
+        let held = futures_util::future::join_all(mesh.agents.iter().map(|a| mesh.holdings(a))).await;
+        if held.iter().all(|h| *h == (total, bytes)) {
+            break;
+        }
+        assert!(
+            t_load.elapsed() < Duration::from_secs(900),
+            "catch-up mesh never held everything: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!(
+        "N={n} shoal: {} agents hold {total} files ({bytes} bytes) {:.1} s after the first upload",
+        n - 1,
+        t_load.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let t0 = Instant::now();
+    mesh.spawn(n - 1);
+    let newcomer = mesh.agents.last().unwrap();
+    let verbose = std::env::var("SHOAL_MESH_VERBOSE").is_ok();
+    let mut shown = Duration::ZERO;
+    loop {
+        let held = mesh.holdings(newcomer).await;
+        if held == (total, bytes) {
+            break;
+        }
+        if verbose && t0.elapsed() >= shown {
+            println!("N={n} shoal:   newcomer at {:?}: {held:?}", t0.elapsed());
+            shown += Duration::from_millis(250);
+        }
+        assert!(t0.elapsed() < Duration::from_secs(600), "newcomer never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = t0.elapsed();
+    if verbose
+        && let Ok(r) = mesh
+            .client
+            .get(format!("http://{}/metrics", newcomer.http))
+            .send()
+            .await
+    {
+        for l in r
+            .text()
+            .await
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+        {
+            if [
+                "items",
+                "sync",
+                "rejected",
+                "anti_entropy",
+                "fetch",
+                "transfer",
+                "dropped",
+            ]
+            .iter()
+            .any(|k| l.contains(k))
+            {
+                println!("N={n} shoal:   newcomer {l}");
             }
-        });
+        }
     }
-    println!("\n| N | measure | | | |\n|---|---|---|---|---|");
-    for r in rows {
-        println!("{r}");
+    // Then until every file is written to its files directory (what Syncthing's figure is).
+    let dir = newcomer.state.join("files");
+    loop {
+        let written = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0);
+        if written as u64 == total {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "newcomer never wrote every file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let on_disk = t0.elapsed();
+    println!(
+        "N={n} shoal: newcomer holds {total} files / {bytes} bytes {:.0} ms after its spawn, all written to disk at {:.0} ms",
+        held.as_secs_f64() * 1e3,
+        on_disk.as_secs_f64() * 1e3
+    );
+    out.push(Row::new(
+        n,
+        "newcomer catch-up (held and servable)",
+        TOOL,
+        held.as_secs_f64() * 1e3,
+        "ms",
+    ));
+    out.push(Row::new(
+        n,
+        "newcomer catch-up",
+        TOOL,
+        on_disk.as_secs_f64() * 1e3,
+        "ms",
+    ));
 }
