@@ -71,6 +71,7 @@ fn join_timeout(members: usize) -> Duration {
     let default = 300 + 60 * members as u64;
     Duration::from_secs(crate::common::env_or("SHOAL_MESH_SYNCTHING_JOIN_SECS", default))
 }
+
 /// Watcher delay (10 s) plus its extra delay for files still changing, with room to spare.
 const FILE_TIMEOUT: Duration = Duration::from_secs(180);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -435,6 +436,10 @@ pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<
         eprintln!("mesh bench: {BIN} not found; skipping {tool}");
         return;
     }
+    if n < 2 {
+        eprintln!("mesh bench: {tool} needs at least 2 instances");
+        return;
+    }
     if (opts.wants("join") || opts.wants("idle") || opts.wants("files"))
         && let Err(e) = rt.block_on(main_mesh(n, opts, out, trigger))
     {
@@ -501,6 +506,14 @@ async fn main_mesh(n: usize, opts: &Opts, out: &mut Vec<Row>, trigger: Trigger) 
         // idle_readings divides loopback traffic by the process count; per agent here.
         let lo = lo * pids.len() as f64 / agents.len().max(1) as f64;
         push_idle(out, n, tool, agent_cpu, agent_rss, lo, opts.private_net);
+        let uss = median(
+            agents
+                .iter()
+                .map(|a| a.iter().map(|p| crate::common::private_mib(*p)).sum())
+                .collect(),
+        );
+        println!("N={n} {tool}: idle private memory (USS) per agent {uss:.1} MiB");
+        out.push(Row::new(n, "idle private memory (USS) per agent", tool, uss, "MiB"));
     }
 
     if opts.wants("files") {
@@ -786,9 +799,9 @@ fn count_files(dir: &Path) -> usize {
 /// content in its initial scan; the versions are concurrent, and instance 0's wins everywhere
 /// on its newer mtime, so the others only adopt its metadata (same blocks: no transfer, no
 /// conflict copy). Syncing it all from instance 0 would cost N-1 times the writes and fsyncs
-/// before the measurement even begins; identical mtimes (hard links) would leave the winner
-/// to the device IDs, and at N=50 the instances then thrash re-pulling for many minutes.
-/// Returns (path in folder, size) of every file.
+/// before the measurement even begins; with identical mtimes (hard links) the device IDs
+/// would pick the winner, and instances already in sync could have to adopt the versions of
+/// each one started after them. Returns (path in folder, size) of every file.
 fn seed(mesh: &Mesh, holders: usize, opts: &Opts) -> Result<Vec<(PathBuf, u64)>, String> {
     let io = |e: std::io::Error| format!("seeding: {e}");
     let mut rng = Rng::new();
