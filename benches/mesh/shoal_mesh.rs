@@ -293,25 +293,29 @@ impl Mesh {
         self.agents.iter().map(Agent::pid).collect()
     }
 
+    /// Every metric sample of agent `a`, by name with labels (empty when it does not answer).
+    async fn metrics(&self, a: &Agent) -> std::collections::BTreeMap<String, f64> {
+        let Ok(r) = self.client.get(format!("http://{}/metrics", a.http)).send().await else {
+            return Default::default();
+        };
+        r.text()
+            .await
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, v) = l.rsplit_once(' ')?;
+                Some((name.to_string(), v.parse::<f64>().ok()?))
+            })
+            .collect()
+    }
+
     /// Every metric sample of every agent, summed over agents.
     async fn counters(&self) -> std::collections::BTreeMap<String, f64> {
         let mut sum = std::collections::BTreeMap::new();
         for a in &self.agents {
-            let Ok(r) = self.client.get(format!("http://{}/metrics", a.http)).send().await else {
-                continue;
-            };
-            for line in r
-                .text()
-                .await
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-            {
-                if let Some((name, v)) = line.rsplit_once(' ')
-                    && let Ok(v) = v.parse::<f64>()
-                {
-                    *sum.entry(name.to_string()).or_insert(0.0) += v;
-                }
+            for (name, v) in self.metrics(a).await {
+                *sum.entry(name).or_insert(0.0) += v;
             }
         }
         sum
@@ -319,16 +323,8 @@ impl Mesh {
 
     /// `(files, bytes)` agent `a` holds, from its metrics.
     async fn holdings(&self, a: &Agent) -> (u64, u64) {
-        let text = match self.client.get(format!("http://{}/metrics", a.http)).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => return (0, 0),
-        };
-        let read = |name: &str| {
-            text.lines()
-                .find(|l| l.split(' ').next() == Some(name))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .unwrap_or(0.0) as u64
-        };
+        let m = self.metrics(a).await;
+        let read = |name: &str| m.get(name).copied().unwrap_or(0.0) as u64;
         (read("shoal_files"), read("shoal_file_bytes"))
     }
 }
@@ -528,20 +524,8 @@ async fn catch_up(n: usize, opts: &Opts, out: &mut Vec<Row>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let held = t0.elapsed();
-    if verbose
-        && let Ok(r) = mesh
-            .client
-            .get(format!("http://{}/metrics", newcomer.http))
-            .send()
-            .await
-    {
-        for l in r
-            .text()
-            .await
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-        {
+    if verbose {
+        for (name, v) in mesh.metrics(newcomer).await {
             if [
                 "items",
                 "sync",
@@ -552,9 +536,9 @@ async fn catch_up(n: usize, opts: &Opts, out: &mut Vec<Row>) {
                 "dropped",
             ]
             .iter()
-            .any(|k| l.contains(k))
+            .any(|k| name.contains(k))
             {
-                println!("N={n} shoal:   newcomer {l}");
+                println!("N={n} shoal:   newcomer {name} {v}");
             }
         }
     }

@@ -122,58 +122,70 @@ impl Drop for Materializer {
 /// still synced before its rename).
 const DIR_SYNC_BATCH: usize = 256;
 
+/// What the worker does next.
+enum Next {
+    Do(String, Job),
+    /// The queue drained with renames not yet durable.
+    SyncDir,
+    Stop,
+}
+
 fn run(shared: &Shared, dir: &Path, store: &Store) {
     // Directory entries changed since the last directory fsync.
     let mut unsynced = 0usize;
-    let sync = |unsynced: &mut usize| {
-        if *unsynced > 0 {
-            if let Err(e) = sync_dir(dir) {
-                warn!(dir = %dir.display(), error = %e, "could not sync the files directory");
-            }
-            *unsynced = 0;
-        }
-    };
     loop {
         let next = {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if q.stop {
-                    break None;
+                    break Next::Stop;
                 }
                 if let Some(name) = q.order.pop_front() {
                     let job = q.jobs.remove(&name).expect("queued names have jobs");
-                    break Some((name, job));
+                    break Next::Do(name, job);
                 }
                 if unsynced > 0 {
-                    // Queue drained: make the batch durable before saying idle.
-                    break None;
+                    // Make the batch durable before saying idle.
+                    break Next::SyncDir;
                 }
                 q.idle = true;
                 shared.wake.notify_all();
                 q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let Some((name, job)) = next else {
-            sync(&mut unsynced);
-            if shared.queue.lock().unwrap_or_else(|e| e.into_inner()).stop {
+        match next {
+            Next::Do(name, job) => {
+                let result = match &job {
+                    Job::Write { hash, size } => write_file(dir, &name, store, hash, *size),
+                    Job::Remove => remove_file(dir, &name),
+                };
+                match result {
+                    Ok(()) => {
+                        unsynced += 1;
+                        debug!(file = %name, ?job, "materialized");
+                    }
+                    Err(e) => warn!(file = %name, error = %e, "could not write file to disk"),
+                }
+                if unsynced >= DIR_SYNC_BATCH {
+                    sync_batch(dir, &mut unsynced);
+                }
+            }
+            Next::SyncDir => sync_batch(dir, &mut unsynced),
+            Next::Stop => {
+                sync_batch(dir, &mut unsynced);
                 return;
             }
-            continue;
-        };
-        let result = match &job {
-            Job::Write { hash, size } => write_file(dir, &name, store, hash, *size),
-            Job::Remove => remove_file(dir, &name),
-        };
-        match result {
-            Ok(()) => {
-                unsynced += 1;
-                debug!(file = %name, ?job, "materialized");
-            }
-            Err(e) => warn!(file = %name, error = %e, "could not write file to disk"),
         }
-        if unsynced >= DIR_SYNC_BATCH {
-            sync(&mut unsynced);
+    }
+}
+
+/// Makes the renames and removals since the last call durable.
+fn sync_batch(dir: &Path, unsynced: &mut usize) {
+    if *unsynced > 0 {
+        if let Err(e) = sync_dir(dir) {
+            warn!(dir = %dir.display(), error = %e, "could not sync the files directory");
         }
+        *unsynced = 0;
     }
 }
 
