@@ -23,6 +23,8 @@ pub struct Opts {
     pub loss_window: Duration,
     /// Percentage of packets dropped in the loss scenario.
     pub loss_percent: u32,
+    /// How long the mesh stays split in the partition scenario once both sides noticed.
+    pub partition_window: Duration,
     /// Records a newcomer catches up with.
     pub catchup_records: usize,
     /// Bytes of files (in 1 MiB files) a newcomer catches up with.
@@ -34,7 +36,8 @@ pub struct Opts {
 }
 
 impl Opts {
-    /// Whether scenario group `key` (join, idle, small, files, kill, stop, loss, catchup) runs.
+    /// Whether scenario group `key` (join, idle, small, files, kill, stop, loss, partition,
+    /// catchup) runs.
     pub fn wants(&self, key: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| o == key)
     }
@@ -231,19 +234,31 @@ pub fn enter_private_net() -> bool {
     ok
 }
 
-/// Drops `percent` % of all packets on loopback (both UDP and TCP), in the private namespace,
-/// with an nftables random-number rule; 0 removes the rule.
-pub fn set_loss(percent: u32) {
-    let _ = Command::new("nft")
-        .args(["delete", "table", "inet", "meshloss"])
-        .stderr(std::process::Stdio::null())
-        .status();
-    if percent == 0 {
+/// Splits the mesh in two: drops every UDP packet from a port in `a` to a port in `b` and back
+/// (each shoal agent sends all its traffic from its one QUIC port), in the private namespace.
+/// Empty sides remove the rule.
+pub fn set_partition(a: &[u16], b: &[u16]) {
+    nft_table("meshpart", None);
+    if a.is_empty() || b.is_empty() {
         return;
     }
+    let set = |ports: &[u16]| ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
     let rules = format!(
-        "table inet meshloss {{\n chain out {{\n type filter hook output priority 0; policy accept;\n numgen random mod 100 < {percent} drop\n }}\n}}\n"
+        "table inet meshpart {{\n chain out {{\n type filter hook output priority 0; policy accept;\n \
+         udp sport {{ {a} }} udp dport {{ {b} }} drop\n udp sport {{ {b} }} udp dport {{ {a} }} drop\n }}\n}}\n",
+        a = set(a),
+        b = set(b)
     );
+    nft_table("meshpart", Some(&rules));
+}
+
+/// Deletes nftables table `name`, then loads `rules` (which define it again) if given.
+fn nft_table(name: &str, rules: Option<&str>) {
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", name])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let Some(rules) = rules else { return };
     let ok = Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -253,5 +268,14 @@ pub fn set_loss(percent: u32) {
             c.stdin.take().unwrap().write_all(rules.as_bytes())?;
             c.wait()
         });
-    assert!(ok.is_ok_and(|s| s.success()), "nft rule for {percent}% loss refused");
+    assert!(ok.is_ok_and(|s| s.success()), "nft refused table {name}");
+}
+
+/// Drops `percent` % of all packets on loopback (both UDP and TCP), in the private namespace,
+/// with an nftables random-number rule; 0 removes the rule.
+pub fn set_loss(percent: u32) {
+    let rules = format!(
+        "table inet meshloss {{\n chain out {{\n type filter hook output priority 0; policy accept;\n numgen random mod 100 < {percent} drop\n }}\n}}\n"
+    );
+    nft_table("meshloss", (percent > 0).then_some(rules.as_str()));
 }

@@ -5,7 +5,8 @@
 //! propagation of a small record (shoal: a signed file; Serf: a `serf event`) and of 1 MiB and
 //! 10 MiB files (shoal, Syncthing); time until every survivor sees a `kill -9`ed member as
 //! down; false "down" verdicts while one member is SIGSTOPped for 1–3 s and while loopback
-//! drops 10 % of packets; idle CPU, RSS and traffic per agent; catch-up of a newcomer joining a
+//! drops 10 % of packets; healing of a partition (shoal); idle CPU, RSS and traffic per agent;
+//! catch-up of a newcomer joining a
 //! mesh that holds many records and 10 MB of files. Then it prints one table per N with the
 //! ratio shoal/peer.
 //!
@@ -14,10 +15,10 @@
 //!
 //! Run: cargo bench --bench mesh
 //! Env: SHOAL_MESH_NODES=10,30,50  SHOAL_MESH_TOOLS=shoal,serf,serf-local,syncthing,syncthing-scan
-//!      SHOAL_MESH_ONLY=join,idle,small,files,kill,stop,loss,catchup (default all)
+//!      SHOAL_MESH_ONLY=join,idle,small,files,kill,stop,loss,partition,catchup (default all)
 //!      SHOAL_MESH_SETTLE_SECS=60  SHOAL_MESH_IDLE_SECS=20  SHOAL_MESH_REPS=20
 //!      SHOAL_MESH_FILE_REPS=10  SHOAL_MESH_KILLS=3  SHOAL_MESH_STOPS=1,2,3
-//!      SHOAL_MESH_LOSS_SECS=60  SHOAL_MESH_LOSS_PERCENT=10
+//!      SHOAL_MESH_LOSS_SECS=60  SHOAL_MESH_LOSS_PERCENT=10  SHOAL_MESH_PARTITION_SECS=30
 //!      SHOAL_MESH_CATCHUP_RECORDS=10000  SHOAL_MESH_CATCHUP_MIB=10
 
 mod common;
@@ -58,6 +59,7 @@ fn main() {
             .collect(),
         loss_window: Duration::from_secs(env_or("SHOAL_MESH_LOSS_SECS", 60)),
         loss_percent: env_or("SHOAL_MESH_LOSS_PERCENT", 10) as u32,
+        partition_window: Duration::from_secs(env_or("SHOAL_MESH_PARTITION_SECS", 30)),
         catchup_records: env_or("SHOAL_MESH_CATCHUP_RECORDS", 10_000) as usize,
         catchup_mib: env_or("SHOAL_MESH_CATCHUP_MIB", 10) as usize,
         private_net,

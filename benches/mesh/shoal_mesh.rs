@@ -20,9 +20,13 @@ use crate::common::{self, Opts, Row, free_port, push_latencies, wall_ms};
 const TOOL: &str = "shoal";
 /// Time a mesh gets after a disturbance (stop, loss) to settle its verdicts before counting.
 const AFTERMATH: Duration = Duration::from_secs(15);
+/// Small records written on each side of a partition while it lasts (plus one 1 MiB file).
+const PARTITION_RECORDS: usize = 10;
 
 struct Agent {
     key: PublicKey,
+    /// The QUIC port, the source of everything it sends to peers.
+    cluster: u16,
     http: SocketAddr,
     state: PathBuf,
     child: Child,
@@ -109,6 +113,7 @@ impl Mesh {
         let child = spawn_agent(&path, &state);
         self.agents.push(Agent {
             key: key.public(),
+            cluster,
             http: SocketAddr::from(([127, 0, 0, 1], http)),
             state,
             child,
@@ -178,31 +183,32 @@ impl Mesh {
         version
     }
 
-    /// Uploads a small file through agent `origin`; time until every agent's API serves it.
-    async fn small(&self, origin: usize, rep: usize) -> Duration {
+    /// Uploads a small file through agent `origin`; time until every agent's API serves it, and
+    /// the last agent to serve it.
+    async fn small(&self, origin: usize, rep: usize) -> (Duration, usize) {
         let t0 = Instant::now();
         let version = self
             .upload(origin, "small", format!("small signed record {rep}").into_bytes())
             .await;
-        let mut pending: Vec<&Agent> = self.agents.iter().collect();
-        let mut last = Duration::ZERO;
+        let mut pending: Vec<usize> = (0..self.agents.len()).collect();
+        let mut last = (Duration::ZERO, origin);
         while !pending.is_empty() {
-            let seen = futures_util::future::join_all(pending.iter().map(|a| async move {
-                self.get(a.http, "/api/files/small")
+            let seen = futures_util::future::join_all(pending.iter().map(|&i| async move {
+                self.get(self.agents[i].http, "/api/files/small")
                     .await
                     .is_some_and(|f| f["version"].as_u64() == Some(version))
             }))
             .await;
             let now = t0.elapsed();
-            let before = pending.len();
+            let before = pending.clone();
             pending = pending
                 .into_iter()
                 .zip(seen)
                 .filter(|(_, s)| !s)
                 .map(|(a, _)| a)
                 .collect();
-            if pending.len() < before {
-                last = now;
+            if let Some(&i) = before.iter().find(|i| !pending.contains(i)) {
+                last = (now, i);
             }
             assert!(t0.elapsed() < Duration::from_secs(120), "propagation stalled");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -321,6 +327,18 @@ impl Mesh {
         sum
     }
 
+    /// Prints how items travelled since `before` (summed counters): an item repaired by
+    /// anti-entropy missed every push; failed fetches were retried with other holders.
+    async fn how_items_came(&self, n: usize, what: &str, before: &std::collections::BTreeMap<String, f64>) {
+        for (name, v) in self.counters().await {
+            let d = v - before.get(&name).copied().unwrap_or(0.0);
+            let keys = ["committed", "dropped", "repaired", "rejected", "fetch"];
+            if d > 0.0 && keys.iter().any(|k| name.contains(k)) {
+                println!("N={n} shoal:   during {what}: {name} +{d}");
+            }
+        }
+    }
+
     /// `(files, bytes)` agent `a` holds, from its metrics.
     async fn holdings(&self, a: &Agent) -> (u64, u64) {
         let m = self.metrics(a).await;
@@ -347,6 +365,10 @@ fn file_names(opts: &Opts) -> Vec<String> {
     for r in 0..opts.file_reps {
         names.push(format!("f1m-{r}"));
         names.push(format!("f10m-{r}"));
+    }
+    for side in ["a", "b"] {
+        names.extend((0..PARTITION_RECORDS).map(|i| format!("part-{side}-{i}")));
+        names.push(format!("part-{side}-big"));
     }
     names
 }
@@ -387,22 +409,33 @@ pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<
             }
         }
         if opts.wants("small") && opts.reps > 0 {
+            let before = mesh.counters().await;
             let mut times = Vec::new();
             for rep in 0..opts.reps {
-                times.push(mesh.small(rep % n, rep).await);
+                let (t, last) = mesh.small(rep % n, rep).await;
+                if t > Duration::from_millis(400) {
+                    println!(
+                        "N={n} shoal:   small record {rep} from n{}: {t:?}, last n{last}",
+                        rep % n
+                    );
+                }
+                times.push(t);
             }
             push_latencies(out, n, "small record to all", TOOL, &times);
+            mesh.how_items_came(n, "small records", &before).await;
         }
         if opts.wants("files") && opts.file_reps > 0 {
             for (label, prefix, size) in [
                 ("1 MiB file to all", "f1m", 1 << 20),
                 ("10 MiB file to all", "f10m", 10 << 20),
             ] {
+                let before = mesh.counters().await;
                 let mut times = Vec::new();
                 for rep in 0..opts.file_reps {
                     times.push(mesh.file(rep % n, &format!("{prefix}-{rep}"), size).await);
                 }
                 push_latencies(out, n, label, TOOL, &times);
+                mesh.how_items_came(n, prefix, &before).await;
             }
         }
         if opts.wants("stop") {
@@ -443,6 +476,9 @@ pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<
                 "verdicts",
             ));
         }
+        if opts.wants("partition") && opts.private_net {
+            partition(&mesh, n, opts, out).await;
+        }
         if opts.wants("kill") {
             let mut detect = Vec::new();
             for _ in 0..opts.kills.min(n.saturating_sub(4)) {
@@ -457,6 +493,102 @@ pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<
             catch_up(n, opts, out).await;
         }
     });
+}
+
+/// Splits the mesh in two halves (even and odd agents, so each side keeps one seed) until each
+/// side lists the other as down, writes records and a 1 MiB file on both sides, holds the split
+/// for `partition_window`, heals it: time until every agent lists all `n` alive again, and until
+/// every agent holds everything written on both sides.
+async fn partition(mesh: &Mesh, n: usize, opts: &Opts, out: &mut Vec<Row>) {
+    let side = |even: bool| -> Vec<usize> { (0..n).filter(|i| (i % 2 == 0) == even).collect() };
+    let (a, b) = (side(true), side(false));
+    let ports = |s: &[usize]| -> Vec<u16> { s.iter().map(|&i| mesh.agents[i].cluster).collect() };
+    let base = mesh.holdings(&mesh.agents[0]).await;
+    let t_split = Instant::now();
+    common::set_partition(&ports(&a), &ports(&b));
+    // Each side must have declared the other down, or the heal measures nothing.
+    let split = loop {
+        let counts = futures_util::future::join_all(mesh.agents.iter().map(|x| mesh.alive(x))).await;
+        if counts
+            .iter()
+            .enumerate()
+            .all(|(i, c)| *c == if i % 2 == 0 { a.len() } else { b.len() })
+        {
+            break t_split.elapsed();
+        }
+        if t_split.elapsed() > Duration::from_secs(120) {
+            common::set_partition(&[], &[]);
+            eprintln!("N={n} shoal: the two sides never declared each other down; no partition figures");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "N={n} shoal: partition: both sides list only themselves {:.1} s after the split",
+        split.as_secs_f64()
+    );
+    let mut added = (0u64, 0u64);
+    for (label, members) in [("a", &a), ("b", &b)] {
+        for i in 0..PARTITION_RECORDS {
+            let body = format!("written on side {label} during the partition: {i}").into_bytes();
+            added.1 += body.len() as u64;
+            mesh.upload(members[i % members.len()], &format!("part-{label}-{i}"), body)
+                .await;
+        }
+        let big: Vec<u8> = (0..1 << 20).map(|_| rand::random::<u8>()).collect();
+        added.1 += big.len() as u64;
+        mesh.upload(members[0], &format!("part-{label}-big"), big).await;
+        added.0 += PARTITION_RECORDS as u64 + 1;
+    }
+    tokio::time::sleep(opts.partition_window).await;
+    let want = (base.0 + added.0, base.1 + added.1);
+    let t0 = Instant::now();
+    common::set_partition(&[], &[]);
+    let (mut members_at, mut data_at) = (None, None);
+    let mut shown = Duration::ZERO;
+    while members_at.is_none() || data_at.is_none() {
+        let counts = futures_util::future::join_all(mesh.agents.iter().map(|x| mesh.alive(x))).await;
+        if members_at.is_none() && counts.iter().all(|c| *c == n) {
+            members_at = Some(t0.elapsed());
+        }
+        let held = futures_util::future::join_all(mesh.agents.iter().map(|x| mesh.holdings(x))).await;
+        let whole = held.iter().filter(|h| **h == want).count();
+        if data_at.is_none() && whole == n {
+            data_at = Some(t0.elapsed());
+        }
+        if t0.elapsed() >= shown {
+            let fewest = counts.iter().min().copied().unwrap_or(0);
+            let all = counts.iter().filter(|c| **c == n).count();
+            println!(
+                "N={n} shoal:   heal +{:.0} s: {all} agents list all alive (fewest {fewest}), {whole} hold everything",
+                t0.elapsed().as_secs_f64()
+            );
+            shown += Duration::from_secs(2);
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "partition never healed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (members_at, data_at) = (members_at.unwrap_or_default(), data_at.unwrap_or_default());
+    println!(
+        "N={n} shoal: partition healed: every agent lists {n} alive after {:.2} s, holds both sides' writes after {:.2} s",
+        members_at.as_secs_f64(),
+        data_at.as_secs_f64()
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    out.push(Row::new(
+        n,
+        "partition heal: all list all alive",
+        TOOL,
+        ms(members_at),
+        "ms",
+    ));
+    out.push(Row::new(
+        n,
+        "partition heal: all hold both sides' writes",
+        TOOL,
+        ms(data_at),
+        "ms",
+    ));
 }
 
 /// A mesh of `n - 1` agents holding `catchup_records` small signed files and `catchup_mib`

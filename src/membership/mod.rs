@@ -275,6 +275,13 @@ impl Actor {
             };
             self.transport.send(target, Channel::SwimCompact, &data);
         }
+        // The view first: a task reacting to an event reads it and must see the change.
+        if self.core.version() != self.published {
+            self.published = self.core.version();
+            self.snapshot.send_replace(Arc::new(snapshot_of(&self.core)));
+        } else if self.snapshot.borrow().joined != self.core.joined() {
+            self.snapshot.send_replace(Arc::new(snapshot_of(&self.core)));
+        }
         for event in self.core.take_events() {
             if let MemberEvent::Up(id) = &event {
                 self.transport.warm(Target {
@@ -286,12 +293,6 @@ impl Actor {
             if let Some(tx) = &self.events {
                 let _ = tx.try_send(event);
             }
-        }
-        if self.core.version() != self.published {
-            self.published = self.core.version();
-            self.snapshot.send_replace(Arc::new(snapshot_of(&self.core)));
-        } else if self.snapshot.borrow().joined != self.core.joined() {
-            self.snapshot.send_replace(Arc::new(snapshot_of(&self.core)));
         }
     }
 }

@@ -23,7 +23,7 @@ use super::sync::Syncer;
 use super::{Command, Committed, MAX_BROADCAST_ITEM, Origin, ReplicationConfig, ReplicationHandle, Shared, hlc};
 use crate::files::Materializer;
 use crate::identity::{PublicKey, SecretKey};
-use crate::membership::{BroadcastFilter, MemberEvent, MemberState, MembershipHandle};
+use crate::membership::{BroadcastFilter, MemberEvent, MemberState, MembershipHandle, NodeId};
 use crate::transport::{Target, Transport};
 
 /// Body fetches in flight at once.
@@ -177,7 +177,7 @@ impl Actor {
                 },
                 ev = self.events.recv() => match ev {
                     Some(MemberEvent::Joined) => self.sync_with(None, true),
-                    Some(MemberEvent::Up(id)) => self.sync_with(Some(id.key), true),
+                    Some(MemberEvent::Up(id)) => self.sync_with(Some(id), true),
                     None => return,
                 },
                 _ = tick.tick() => self.sync_with(None, false),
@@ -532,37 +532,44 @@ impl Actor {
 
     /// Starts an anti-entropy session with `peer` (or a random alive member). Triggered
     /// sessions are spaced; periodic ones are not.
-    fn sync_with(&mut self, peer: Option<PublicKey>, triggered: bool) {
+    fn sync_with(&mut self, peer: Option<NodeId>, triggered: bool) {
         if self.syncs_running >= MAX_SYNC_SESSIONS {
             return;
         }
-        if triggered {
-            let now = Instant::now();
-            if self
+        let now = Instant::now();
+        if triggered
+            && self
                 .last_triggered_sync
                 .is_some_and(|t| now - t < TRIGGERED_SYNC_SPACING)
-            {
-                return;
+        {
+            return;
+        }
+        // A member that just came up is dialled at the address its event names: the published
+        // membership view may not show it alive yet.
+        let id = match peer {
+            Some(id) => id,
+            None => {
+                let snapshot = self.membership.snapshot();
+                let alive: Vec<_> = snapshot
+                    .members
+                    .iter()
+                    .filter(|m| !m.local && m.state == MemberState::Alive)
+                    .collect();
+                let Some(member) = alive.choose(&mut rand::rng()) else {
+                    return;
+                };
+                member.id.clone()
             }
+        };
+        if triggered {
             self.last_triggered_sync = Some(now);
         }
-        let snapshot = self.membership.snapshot();
-        let alive: Vec<_> = snapshot
-            .members
-            .iter()
-            .filter(|m| !m.local && m.state == MemberState::Alive)
-            .collect();
-        let chosen = match peer {
-            Some(k) => alive.iter().find(|m| m.id.key == k).copied(),
-            None => alive.choose(&mut rand::rng()).copied(),
-        };
-        let Some(member) = chosen else { return };
         let (key, target) = (
-            member.id.key,
+            id.key,
             Target {
-                key: member.id.key,
-                addr: member.id.addr,
-                generation: member.id.generation,
+                key: id.key,
+                addr: id.addr,
+                generation: id.generation,
             },
         );
         self.syncs_running += 1;

@@ -85,6 +85,12 @@ impl BroadcastFilter for ItemFilter {
                 .ok()
                 .map(|i| broadcast_key(&i));
         };
+        // Each broadcast arrives several times (fanout × transmissions); a copy of a meta this
+        // filter already accepted needs no signature check (the digest covers the signed meta,
+        // and only verified digests are remembered).
+        if self.seen.contains(blake3::hash(&wire.meta).as_bytes()) {
+            return None;
+        }
         let verified = match self.shared.policy().verify(&wire, crate::time::unix_ms()) {
             Ok(v) => v,
             Err(reason) => {
@@ -122,5 +128,84 @@ impl BroadcastFilter for ItemFilter {
         // Items with their content travel on at once; announcements are passed on by the
         // replication task once it holds the body, so that every announcer can serve it.
         inline.then_some(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::identity::SecretKey;
+    use crate::replication::item::{ItemMeta, SignedItem};
+    use crate::replication::policy::Policy;
+
+    const NETWORK: [u8; 32] = [7; 32];
+
+    fn filter(signer: &SecretKey) -> (ItemFilter, mpsc::Receiver<Command>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let policy = Policy {
+            network_id: NETWORK,
+            files: [("app".to_string(), HashSet::from([signer.public()]))].into(),
+            max_file_size: 1 << 20,
+            max_skew: Duration::from_secs(300),
+        };
+        let (handle, _parts) = crate::replication::channel(store, policy);
+        let (tx, rx) = mpsc::channel(8);
+        (ItemFilter::new(handle.shared.clone(), tx), rx, dir)
+    }
+
+    fn item(signer: &SecretKey, content: &[u8]) -> SignedItem {
+        let meta = ItemMeta::file(NETWORK, "app", content, signer.public(), crate::time::unix_ms() << 16);
+        SignedItem::sign(meta, signer)
+    }
+
+    fn encoded(item: &SignedItem, content: &[u8], signature: Option<[u8; 64]>) -> Vec<u8> {
+        let mut wire = WireItem::new(item, Some(content.to_vec()));
+        if let Some(s) = signature {
+            wire.signature = s.to_vec();
+        }
+        codec::encode(&wire).unwrap()
+    }
+
+    fn sender() -> NodeId {
+        NodeId {
+            key: SecretKey::generate().public(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            generation: 1,
+            bump: 0,
+        }
+    }
+
+    #[test]
+    fn each_item_is_handed_on_once_and_copies_are_dropped_unverified() {
+        let signer = SecretKey::generate();
+        let (mut f, mut rx, _dir) = filter(&signer);
+        let it = item(&signer, b"v1");
+        let from = sender();
+        assert!(f.receive(&encoded(&it, b"v1", None), Some(&from)).is_some());
+        assert!(matches!(rx.try_recv(), Ok(Command::Offer { .. })));
+        // A second copy, and a copy whose signature was mangled after the first was accepted:
+        // neither is handed on; the mangled one is not even checked (its meta is known).
+        assert!(f.receive(&encoded(&it, b"v1", None), Some(&from)).is_none());
+        assert!(f.receive(&encoded(&it, b"v1", Some([0; 64])), Some(&from)).is_none());
+        assert!(rx.try_recv().is_err());
+        assert_eq!(f.shared.stats.rejected(Reject::BadSignature), 0);
+    }
+
+    #[test]
+    fn a_forged_copy_first_does_not_shadow_the_real_one() {
+        let signer = SecretKey::generate();
+        let (mut f, mut rx, _dir) = filter(&signer);
+        let it = item(&signer, b"v1");
+        let from = sender();
+        assert!(f.receive(&encoded(&it, b"v1", Some([1; 64])), Some(&from)).is_none());
+        assert_eq!(f.shared.stats.rejected(Reject::BadSignature), 1);
+        assert!(rx.try_recv().is_err());
+        // The forged copy was not remembered: the genuine one still goes through.
+        assert!(f.receive(&encoded(&it, b"v1", None), Some(&from)).is_some());
+        assert!(matches!(rx.try_recv(), Ok(Command::Offer { .. })));
     }
 }
