@@ -1,7 +1,8 @@
 //! Writes the current version of each file under `<state_dir>/files/<name>`: a temporary file
-//! in the same directory, fsync, rename over the old one; the directory is fsynced once the queue
-//! drains or every [`DIR_SYNC_BATCH`] files. A crash leaves either the old or the new file, never
-//! a torn one (and the agent rewrites any file that does not match the store when it starts).
+//! in the same directory, synced, renamed over the old one, the directory synced. Jobs are taken
+//! in batches of up to [`BATCH`] that share one data sync and one directory sync. A crash leaves
+//! either the old or the new file, never a torn one (and the agent rewrites any file that does
+//! not match the store when it starts).
 //!
 //! One worker thread does the (blocking) writes in order, so the replication task never waits
 //! on the disk. Jobs for the same name coalesce: only the newest is written.
@@ -34,7 +35,7 @@ struct Shared {
     wake: Condvar,
 }
 
-/// Handle to the materializing worker. Dropping it stops the worker after the current job.
+/// Handle to the materializing worker. Dropping it stops the worker after the current batch.
 pub struct Materializer {
     shared: Arc<Shared>,
     dir: PathBuf,
@@ -104,7 +105,7 @@ impl Materializer {
 }
 
 impl Drop for Materializer {
-    /// Stops the worker after the file it is writing, and waits for it (it holds the store).
+    /// Stops the worker after the batch it is writing, and waits for it (it holds the store).
     fn drop(&mut self) {
         {
             let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -117,80 +118,112 @@ impl Drop for Materializer {
     }
 }
 
-/// Renames and removals made durable by one directory fsync. A newcomer receiving thousands of
-/// files pays one directory sync per batch instead of one per file (each file's content is
-/// still synced before its rename).
-const DIR_SYNC_BATCH: usize = 256;
-
-/// What the worker does next.
-enum Next {
-    Do(String, Job),
-    /// The queue drained with renames not yet durable.
-    SyncDir,
-    Stop,
-}
+/// Most jobs the worker takes from the queue at once. A batch costs one sync of the new files'
+/// data and one of the directory, whatever its size: a newcomer receiving thousands of files
+/// is not bound by per-file syncs. The batch's files stay open until its data sync (file
+/// descriptors).
+const BATCH: usize = 256;
 
 fn run(shared: &Shared, dir: &Path, store: &Store) {
-    // Directory entries changed since the last directory fsync.
-    let mut unsynced = 0usize;
     loop {
-        let next = {
+        let batch: Vec<(String, Job)> = {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if q.stop {
-                    break Next::Stop;
+                    return;
                 }
-                if let Some(name) = q.order.pop_front() {
-                    let job = q.jobs.remove(&name).expect("queued names have jobs");
-                    break Next::Do(name, job);
-                }
-                if unsynced > 0 {
-                    // Make the batch durable before saying idle.
-                    break Next::SyncDir;
+                if !q.order.is_empty() {
+                    let take = q.order.len().min(BATCH);
+                    let names: Vec<String> = q.order.drain(..take).collect();
+                    break names
+                        .into_iter()
+                        .map(|name| {
+                            let job = q.jobs.remove(&name).expect("queued names have jobs");
+                            (name, job)
+                        })
+                        .collect();
                 }
                 q.idle = true;
                 shared.wake.notify_all();
                 q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
-        match next {
-            Next::Do(name, job) => {
-                let result = match &job {
-                    Job::Write { hash, size } => write_file(dir, &name, store, hash, *size),
-                    Job::Remove => remove_file(dir, &name),
-                };
-                match result {
-                    Ok(()) => {
-                        unsynced += 1;
-                        debug!(file = %name, ?job, "materialized");
-                    }
-                    Err(e) => warn!(file = %name, error = %e, "could not write file to disk"),
-                }
-                if unsynced >= DIR_SYNC_BATCH {
-                    sync_batch(dir, &mut unsynced);
-                }
+        apply(dir, store, batch);
+    }
+}
+
+/// A file written to its temporary name, not yet durable nor renamed.
+struct Staged {
+    name: String,
+    tmp: PathBuf,
+    file: std::fs::File,
+}
+
+/// Applies a batch so that a crash leaves each file either old or new, never torn: every new
+/// file's content goes to a temporary file; then their data is made durable (one `syncfs` for
+/// the batch, or an fsync when it holds one file); then the renames and removals; then one
+/// directory sync.
+fn apply(dir: &Path, store: &Store, batch: Vec<(String, Job)>) {
+    let mut staged = Vec::new();
+    let mut removed = Vec::new();
+    for (name, job) in batch {
+        match job {
+            Job::Write { hash, size } => match stage(dir, &name, store, &hash, size) {
+                Ok(s) => staged.push(s),
+                Err(e) => warn!(file = %name, error = %e, "could not write file to disk"),
+            },
+            Job::Remove => removed.push(name),
+        }
+    }
+    if let Err(e) = sync_data(dir, &staged) {
+        // Nothing is renamed over a file whose replacement may not be on disk.
+        warn!(dir = %dir.display(), error = %e, "could not sync new files; not installing them");
+        for s in staged {
+            let _ = std::fs::remove_file(&s.tmp);
+        }
+        staged = Vec::new();
+    }
+    for s in staged {
+        drop(s.file);
+        match std::fs::rename(&s.tmp, dir.join(&s.name)) {
+            Ok(()) => debug!(file = %s.name, "materialized"),
+            Err(e) => {
+                warn!(file = %s.name, error = %e, "could not write file to disk");
+                let _ = std::fs::remove_file(&s.tmp);
             }
-            Next::SyncDir => sync_batch(dir, &mut unsynced),
-            Next::Stop => {
-                sync_batch(dir, &mut unsynced);
-                return;
+        }
+    }
+    for name in removed {
+        match remove_file(dir, &name) {
+            Ok(()) => debug!(file = %name, "removed"),
+            Err(e) => warn!(file = %name, error = %e, "could not remove file"),
+        }
+    }
+    if let Err(e) = sync_dir(dir) {
+        warn!(dir = %dir.display(), error = %e, "could not sync the files directory");
+    }
+}
+
+/// Makes the content of the staged files durable.
+fn sync_data(dir: &Path, staged: &[Staged]) -> std::io::Result<()> {
+    match staged {
+        [] => Ok(()),
+        [one] => one.file.sync_all(),
+        _ => {
+            use std::os::fd::AsRawFd;
+            let d = std::fs::File::open(dir)?;
+            // SAFETY: syncfs on a file descriptor we own for the duration of the call.
+            if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
             }
         }
     }
 }
 
-/// Makes the renames and removals since the last call durable.
-fn sync_batch(dir: &Path, unsynced: &mut usize) {
-    if *unsynced > 0 {
-        if let Err(e) = sync_dir(dir) {
-            warn!(dir = %dir.display(), error = %e, "could not sync the files directory");
-        }
-        *unsynced = 0;
-    }
-}
-
-fn write_file(dir: &Path, name: &str, store: &Store, hash: &[u8; 32], size: u64) -> std::io::Result<()> {
-    let target = dir.join(name);
+/// Writes the body `hash` to a temporary file next to `name`.
+fn stage(dir: &Path, name: &str, store: &Store, hash: &[u8; 32], size: u64) -> std::io::Result<Staged> {
     let tmp = dir.join(format!(".shoal-tmp-{}", rand::random::<u64>()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
@@ -205,14 +238,19 @@ fn write_file(dir: &Path, name: &str, store: &Store, hash: &[u8; 32], size: u64)
                 "body has {written} bytes, expected {size}"
             )));
         }
-        file.sync_all()?;
-        // The directory is synced by the worker, once per batch.
-        std::fs::rename(&tmp, &target)
+        Ok(file)
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(file) => Ok(Staged {
+            name: name.to_string(),
+            tmp,
+            file,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    result
 }
 
 fn remove_file(dir: &Path, name: &str) -> std::io::Result<()> {
@@ -242,9 +280,9 @@ mod tests {
     }
 
     #[test]
-    fn many_files_are_written_and_removed_across_directory_sync_batches() {
+    fn many_files_are_written_and_removed_across_batches() {
         let tmp = tempfile::tempdir().unwrap();
-        let count = DIR_SYNC_BATCH * 2 + 7;
+        let count = BATCH * 2 + 7;
         let bodies: Vec<Vec<u8>> = (0..count).map(|i| format!("file {i}").into_bytes()).collect();
         let store = store_with(&tmp.path().join("state"), &bodies);
         let files = tmp.path().join("files");

@@ -104,6 +104,12 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
         s.syncs_in_sync.load(Relaxed),
     );
     e.single(
+        "shoal_anti_entropy_declined_total",
+        "counter",
+        "Anti-entropy sessions peers opened that this node declined (serving its limit already).",
+        s.syncs_declined.load(Relaxed),
+    );
+    e.single(
         "shoal_anti_entropy_repaired_items_total",
         "counter",
         "Items this node received through anti-entropy (missed by the push).",

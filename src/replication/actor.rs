@@ -188,6 +188,7 @@ impl Actor {
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Offer { item, holder, origin } => {
+                let digest = item.item.digest();
                 // Older versions are expected during anti-entropy; only count them from broadcasts.
                 let source = match origin {
                     Origin::Broadcast => Source::Broadcast,
@@ -201,6 +202,10 @@ impl Actor {
                         Some(peer) => self.shared.stats.reject_from_peer(reason, &peer, &what),
                         None => self.shared.stats.reject(reason),
                     }
+                }
+                // Committed, pending its body, or refused: later copies are judged by the index.
+                if origin == Origin::Sync {
+                    self.shared.release_claim(&digest);
                 }
             }
             Command::SyncNow => self.sync_with(None, true),

@@ -21,8 +21,8 @@ pub mod records;
 pub mod sync;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -80,6 +80,8 @@ pub struct Stats {
     pub syncs_started: AtomicU64,
     /// Of those, found in sync at the first exchange.
     pub syncs_in_sync: AtomicU64,
+    /// Sessions peers opened that this node declined (already serving its limit).
+    pub syncs_declined: AtomicU64,
     /// Items sent to peers during anti-entropy.
     pub items_sent_by_sync: AtomicU64,
     /// Items dropped because the replication task was busy (anti-entropy repairs them).
@@ -196,9 +198,26 @@ pub(crate) struct Shared {
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
     pub commits: tokio::sync::broadcast::Sender<CommitEvent>,
+    /// Digests of item versions a sync session has verified and handed to the replication
+    /// task, which has not dealt with them yet. Several sessions often bring the same items
+    /// at once (every member syncs with one that just came up): one signature check each.
+    pub in_flight: Mutex<HashSet<index::Digest>>,
+    /// Reconciliation sessions peers opened with this node, running now.
+    pub served_syncs: AtomicUsize,
 }
 
 impl Shared {
+    /// Claims item version `digest` for verification; false when another session has it in
+    /// flight already.
+    pub fn claim(&self, digest: index::Digest) -> bool {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(digest)
+    }
+
+    /// Ends the claim on `digest` (dealt with, or dropped).
+    pub fn release_claim(&self, digest: &index::Digest) {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(digest);
+    }
+
     /// The acceptance policy in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -431,6 +450,8 @@ pub fn channel(store: Store, policy: Policy) -> (ReplicationHandle, ActorParts) 
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
         commits: tokio::sync::broadcast::channel(COMMIT_EVENTS_CAPACITY).0,
+        in_flight: Mutex::new(HashSet::new()),
+        served_syncs: AtomicUsize::new(0),
     });
     (
         ReplicationHandle {

@@ -20,6 +20,9 @@ use crate::rpc::Request;
 use crate::store::{BodyError, CHUNK_SIZE};
 use crate::transport::{Target, Transport, TransportError};
 
+/// Reconciliation sessions peers may have open with this node at once.
+pub const MAX_SERVED_SYNCS: usize = 2;
+
 /// Contents up to this size travel inline in reconciliation turns.
 pub const SYNC_INLINE_MAX: usize = 64 * 1024;
 
@@ -142,28 +145,36 @@ impl Syncer {
 
     /// Verifies an item a peer sent during reconciliation and hands it to the replication task.
     async fn accept(&self, peer: PublicKey, wire: WireItem) {
+        // Both sides send their version of a differing key; the older one is expected traffic
+        // here, not a replay worth counting, and needs no signature check.
+        if let Ok(meta) = super::item::ItemMeta::decode(&wire.meta)
+            && self
+                .shared
+                .index()
+                .get(&meta.key.to_bytes())
+                .is_some_and(|e| e.rank >= meta.rank())
+        {
+            return;
+        }
+        // The same version from another session, verified there and not yet committed.
+        let digest = *blake3::hash(&wire.meta).as_bytes();
+        if !self.shared.claim(digest) {
+            return;
+        }
         match self.shared.policy().verify(&wire, crate::time::unix_ms()) {
             Ok(item) => {
-                // Both sides send their version of a differing key; the older one is expected
-                // traffic here, not a replay worth counting.
-                if self
-                    .shared
-                    .index()
-                    .get(&item.item.meta.key.to_bytes())
-                    .is_some_and(|e| e.rank >= item.item.meta.rank())
-                {
-                    return;
+                let offer = Command::Offer {
+                    item,
+                    holder: Some(peer),
+                    origin: Origin::Sync,
+                };
+                // The replication task releases the claim once it has dealt with the offer.
+                if self.tx.send(offer).await.is_err() {
+                    self.shared.release_claim(&digest);
                 }
-                let _ = self
-                    .tx
-                    .send(Command::Offer {
-                        item,
-                        holder: Some(peer),
-                        origin: Origin::Sync,
-                    })
-                    .await;
             }
             Err(reason) => {
+                self.shared.release_claim(&digest);
                 let what = super::item::ItemMeta::decode(&wire.meta)
                     .map(|m| m.key.to_string())
                     .unwrap_or_default();
@@ -213,7 +224,10 @@ impl Syncer {
         Ok(())
     }
 
-    /// Answers a reconciliation a peer opened with `turn`.
+    /// Answers a reconciliation a peer opened with `turn`. Beyond [`MAX_SERVED_SYNCS`] at once,
+    /// closes the stream at once: the peer takes that as a finished session, and its next round
+    /// (or ours) does the work. A node that just came up gets a session from every member at
+    /// once, each bringing the same items.
     pub(crate) async fn serve_reconcile(
         &self,
         peer: PublicKey,
@@ -221,7 +235,16 @@ impl Syncer {
         recv: &mut quinn::RecvStream,
         turn: Turn,
     ) -> Result<(), ProtocolError> {
-        self.converse(peer, send, recv, Some(turn), false).await.map(|_| ())
+        let served = &self.shared.served_syncs;
+        if served.fetch_add(1, Ordering::AcqRel) >= MAX_SERVED_SYNCS {
+            served.fetch_sub(1, Ordering::AcqRel);
+            self.shared.stats.syncs_declined.fetch_add(1, Ordering::Relaxed);
+            send.finish()?;
+            return Ok(());
+        }
+        let result = self.converse(peer, send, recv, Some(turn), false).await.map(|_| ());
+        served.fetch_sub(1, Ordering::AcqRel);
+        result
     }
 
     /// Sends the body `hash` (or a header saying it is not held).
