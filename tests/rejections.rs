@@ -383,3 +383,62 @@ async fn items_and_frames_from_a_peer_are_refused_and_store_nothing() {
     raw.abort();
     a.shutdown().await;
 }
+
+/// A node serves at most `MAX_SERVED_SYNCS` reconciliations at once: a further one is closed
+/// at once (and counted), and once a session ends a new one is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliations_beyond_the_limit_are_declined() {
+    use shoal::replication::protocol::read_frame;
+    use shoal::replication::sync::MAX_SERVED_SYNCS;
+    let net = TestNetwork::new();
+    let (a, _) = agent(&net).await;
+    let raw = raw_peer(&net);
+    raw.connect(a.cluster_addr, Some(a.key)).await.unwrap();
+    // An empty side's opening: the agent holds records, so it answers and waits for our turn.
+    let opening = || Turn {
+        ranges: shoal::replication::reconcile::open(&shoal::replication::index::Index::default()),
+        ..Turn::default()
+    };
+    let open = || async {
+        let (mut send, mut recv) = raw.open_bi(a.key, None).await.unwrap();
+        write_frame(&mut send, &Request::Reconcile(opening())).await.unwrap();
+        let reply = read_frame::<Turn>(&mut recv).await.unwrap();
+        (send, recv, reply)
+    };
+    let mut held = Vec::new();
+    for _ in 0..MAX_SERVED_SYNCS {
+        let (send, recv, reply) = open().await;
+        assert!(reply.is_some(), "a session within the limit is served");
+        held.push((send, recv));
+    }
+    let declined = a
+        .replication()
+        .stats()
+        .syncs_declined
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let (_, _, reply) = open().await;
+    assert!(
+        reply.is_none(),
+        "a session beyond the limit is closed without an answer"
+    );
+    assert_eq!(
+        a.replication()
+            .stats()
+            .syncs_declined
+            .load(std::sync::atomic::Ordering::Relaxed),
+        declined + 1
+    );
+    // Ending one session frees its place.
+    let (mut send, _recv) = held.pop().unwrap();
+    send.finish().unwrap();
+    let mut served = false;
+    for _ in 0..50 {
+        if open().await.2.is_some() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "a place freed by a finished session is used again");
+    a.shutdown().await;
+}
