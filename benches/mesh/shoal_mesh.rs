@@ -564,6 +564,18 @@ async fn partition(mesh: &Mesh, n: usize, opts: &Opts, out: &mut Vec<Row>) {
                 t0.elapsed().as_secs_f64()
             );
             shown += Duration::from_secs(2);
+            if std::env::var("SHOAL_MESH_VERBOSE").is_ok() {
+                for (i, h) in held.iter().enumerate().filter(|(_, h)| **h != want) {
+                    let m = mesh.metrics(&mesh.agents[i]).await;
+                    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+                    println!(
+                        "N={n} shoal:     n{i} holds {h:?} of {want:?}; rounds {} declined {} repaired {}",
+                        get("shoal_anti_entropy_rounds_total"),
+                        get("shoal_anti_entropy_declined_total"),
+                        get("shoal_anti_entropy_repaired_items_total")
+                    );
+                }
+            }
         }
         assert!(t0.elapsed() < Duration::from_secs(300), "partition never healed");
         tokio::time::sleep(Duration::from_millis(100)).await;

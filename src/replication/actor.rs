@@ -34,6 +34,10 @@ pub const MAX_PENDING_ITEMS: usize = 4096;
 pub const MAX_SYNC_SESSIONS: usize = 2;
 /// Least time between anti-entropy sessions triggered by membership changes.
 pub const TRIGGERED_SYNC_SPACING: Duration = Duration::from_millis(500);
+/// Times a declined session is tried again (after 0.5, 1 and 2 s).
+pub const MAX_SYNC_RETRIES: u32 = 3;
+/// Members that came up kept for a session when one cannot start at once (the oldest goes).
+pub const MAX_WANTED_SYNCS: usize = 4;
 
 /// The receiving half created by [`super::channel`].
 pub struct ActorParts {
@@ -86,6 +90,10 @@ struct Actor {
     queue: VecDeque<Vec<u8>>,
     syncs_running: usize,
     last_triggered_sync: Option<Instant>,
+    /// Members that came up while no triggered session could start (spacing or session
+    /// limit), newest last: after a partition heals, the one that brings the other side's
+    /// writes may be any of them, so they are not dropped.
+    wanted: VecDeque<NodeId>,
     interval: Duration,
 }
 
@@ -156,6 +164,7 @@ pub fn spawn(
         queue: VecDeque::new(),
         syncs_running: 0,
         last_triggered_sync: None,
+        wanted: VecDeque::new(),
         interval: config.anti_entropy_interval,
     };
     actor.restore_files();
@@ -170,7 +179,17 @@ impl Actor {
         let mut tick = tokio::time::interval_at(Instant::now() + phase, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Members that came up while a triggered session could not start yet.
+            let retry_at = self
+                .last_triggered_sync
+                .map_or_else(Instant::now, |t| t + TRIGGERED_SYNC_SPACING);
+            let can_start = !self.wanted.is_empty() && self.syncs_running < MAX_SYNC_SESSIONS;
             tokio::select! {
+                _ = tokio::time::sleep_until(retry_at), if can_start => {
+                    if let Some(id) = self.wanted.pop_front() {
+                        self.sync_with(Some(id), true);
+                    }
+                }
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
                     None => return,
@@ -220,6 +239,11 @@ impl Actor {
             } => self.publish(kind, content, broadcast).await,
             Command::FetchDone { hash, holder, ok } => self.fetch_done(hash, holder, ok).await,
             Command::SyncDone => self.syncs_running = self.syncs_running.saturating_sub(1),
+            Command::RetrySync { peer, attempt } => {
+                if self.syncs_running < MAX_SYNC_SESSIONS {
+                    self.start_sync(peer, attempt);
+                }
+            }
         }
     }
 
@@ -538,15 +562,19 @@ impl Actor {
     /// Starts an anti-entropy session with `peer` (or a random alive member). Triggered
     /// sessions are spaced; periodic ones are not.
     fn sync_with(&mut self, peer: Option<NodeId>, triggered: bool) {
-        if self.syncs_running >= MAX_SYNC_SESSIONS {
-            return;
-        }
         let now = Instant::now();
-        if triggered
+        let spaced = triggered
             && self
                 .last_triggered_sync
-                .is_some_and(|t| now - t < TRIGGERED_SYNC_SPACING)
-        {
+                .is_some_and(|t| now - t < TRIGGERED_SYNC_SPACING);
+        if self.syncs_running >= MAX_SYNC_SESSIONS || spaced {
+            if let Some(id) = peer.filter(|_| triggered) {
+                self.wanted.retain(|w| w.key != id.key);
+                if self.wanted.len() >= MAX_WANTED_SYNCS {
+                    self.wanted.pop_front();
+                }
+                self.wanted.push_back(id);
+            }
             return;
         }
         // A member that just came up is dialled at the address its event names: the published
@@ -569,6 +597,13 @@ impl Actor {
         if triggered {
             self.last_triggered_sync = Some(now);
         }
+        self.start_sync(id, 0);
+    }
+
+    /// Runs a session with `id`; if `id` declines it (serving its limit), tries again later,
+    /// up to [`MAX_SYNC_RETRIES`] times with doubling waits: the session may be the one that
+    /// brings what the other side of a healed partition wrote.
+    fn start_sync(&mut self, id: NodeId, attempt: u32) {
         let (key, target) = (
             id.key,
             Target {
@@ -582,8 +617,10 @@ impl Actor {
         let syncer = self.syncer.clone();
         let tx = self.tx.clone();
         self.shared.spawn(async move {
+            let mut declined = false;
             match syncer.reconcile(key, Some(target)).await {
                 Ok(report) => {
+                    declined = report.declined;
                     if report.in_sync {
                         syncer.shared.stats.syncs_in_sync.fetch_add(1, Ordering::Relaxed);
                     }
@@ -594,6 +631,15 @@ impl Actor {
                 Err(e) => debug!(peer = %key.short(), error = %e, "anti-entropy failed"),
             }
             let _ = tx.send(Command::SyncDone).await;
+            if declined && attempt < MAX_SYNC_RETRIES {
+                tokio::time::sleep(TRIGGERED_SYNC_SPACING * (1 << attempt)).await;
+                let _ = tx
+                    .send(Command::RetrySync {
+                        peer: id,
+                        attempt: attempt + 1,
+                    })
+                    .await;
+            }
         });
     }
 

@@ -182,6 +182,11 @@ pub(crate) enum Command {
         ok: bool,
     },
     SyncDone,
+    /// Try again a session `peer` declined.
+    RetrySync {
+        peer: crate::membership::NodeId,
+        attempt: u32,
+    },
     /// Start an anti-entropy round with a random peer now (after a config reload).
     SyncNow,
 }

@@ -48,6 +48,8 @@ pub(crate) struct Report {
     pub received: usize,
     /// Items sent.
     pub sent: usize,
+    /// The peer closed the session without answering: it was serving its limit.
+    pub declined: bool,
 }
 
 /// Runs replication streams: anti-entropy sessions, body fetches, and the serving side of
@@ -86,8 +88,12 @@ impl Syncer {
                 Some(t) => t,
                 None => match read_frame::<Turn>(recv).await? {
                     Some(t) => t,
-                    // The other side had nothing more to say and closed.
-                    None => return Ok(report),
+                    // The other side had nothing more to say and closed; before answering
+                    // anything, that is a refusal (see `serve_reconcile`).
+                    None => {
+                        report.declined = initiator && round == 0;
+                        return Ok(report);
+                    }
                 },
             };
             if round == 0 && initiator && turn.is_empty() {
