@@ -112,7 +112,7 @@ impl Sim {
                 .nodes
                 .iter()
                 .enumerate()
-                .filter_map(|(i, n)| n.as_ref().and_then(|c| c.next_timer()).map(|t| (t, i)))
+                .filter_map(|(i, n)| n.as_ref().map(|c| (c.next_timer(), i)))
                 .min();
             let next_packet = self.wire.peek().map(|Reverse((t, ..))| *t);
             let next = match (next_timer.map(|(t, _)| t), next_packet) {

@@ -17,7 +17,6 @@ use crate::replication::item::RecordKind;
 use crate::schedules::jobs::{Job, JobStatus};
 use crate::schedules::record::{JobSummary, SchedulesRecord};
 use crate::schedules::{JobRef, RunError};
-use crate::transport::Target;
 
 /// How long a request for another node's job waits for it.
 pub const JOB_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -257,11 +256,7 @@ async fn fetch(state: &ApiState, node: PublicKey, seq: u64, log: bool) -> Result
     let snapshot = state.membership.snapshot();
     let member = snapshot.members.iter().find(|m| m.id.key == node);
     let target = match member {
-        Some(m) if m.state == MemberState::Alive => Target {
-            key: node,
-            addr: m.id.addr,
-            generation: m.id.generation,
-        },
+        Some(m) if m.state == MemberState::Alive => m.id.target(),
         _ => {
             return Err(Failure::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -367,12 +367,11 @@ impl Core {
         }
     }
 
-    /// When the next timer is due.
-    pub fn next_timer(&self) -> Option<Duration> {
-        Some(match self.timers.next_due() {
-            Some(due) => due.min(self.next_reconnect),
-            None => self.next_reconnect,
-        })
+    /// When the next timer is due (there is always one: the reconnect tick).
+    pub fn next_timer(&self) -> Duration {
+        self.timers
+            .next_due()
+            .map_or(self.next_reconnect, |due| due.min(self.next_reconnect))
     }
 
     /// Asks `dst` to let us join its cluster.
@@ -499,15 +498,7 @@ impl Core {
             .collect();
         targets.sort_by_key(|id| distance(&id.key));
         targets.truncate(count);
-        self.fx.now = now.mono;
-        for id in targets {
-            if let Err(e) = self.foca.announce(id, &mut self.fx) {
-                debug!(error = %e, "announce");
-            }
-        }
-        for (due, t) in self.fx.timers.drain(..) {
-            self.timers.push(due, t);
-        }
+        self.announce_each(targets, now);
     }
 
     /// Announces this node to `count` random members believed down: how the two sides of a
@@ -520,8 +511,14 @@ impl Core {
             .filter(|m| m.state == MemberState::Down)
             .map(|m| m.id.clone())
             .collect();
+        let chosen = down.sample(&mut self.rng, count).cloned().collect();
+        self.announce_each(chosen, now);
+    }
+
+    /// Announces this node to each of `targets`.
+    fn announce_each(&mut self, targets: Vec<NodeId>, now: Now) {
         self.fx.now = now.mono;
-        for id in down.sample(&mut self.rng, count).cloned().collect::<Vec<_>>() {
+        for id in targets {
             if let Err(e) = self.foca.announce(id, &mut self.fx) {
                 debug!(error = %e, "announce");
             }

@@ -28,6 +28,15 @@ pub struct NodeId {
 }
 
 impl NodeId {
+    /// Where to dial this identity.
+    pub fn target(&self) -> crate::transport::Target {
+        crate::transport::Target {
+            key: self.key,
+            addr: self.addr,
+            generation: self.generation,
+        }
+    }
+
     /// The ordering used to pick the newest of two identities of one key.
     fn rank(&self) -> (u64, u16, SocketAddr) {
         (self.generation, self.bump, self.addr)

@@ -26,7 +26,7 @@ pub use broadcast::{BroadcastFilter, BroadcastKey, NoBroadcasts};
 pub use id::{FocaCodec, NodeId};
 pub use join::{JoinConfig, run_join};
 
-use crate::transport::{Channel, Inbound, Target, Transport};
+use crate::transport::{Channel, Inbound, Transport};
 
 /// Capacity of the inbox from the transport. Beyond it datagrams are dropped like UDP loss.
 pub const INBOX_CAPACITY: usize = 1024;
@@ -204,13 +204,7 @@ impl Actor {
             self.core.handle_timers(now);
             self.flush();
 
-            let wake = self.core.next_timer().map(|due| self.start + due);
-            let sleep = async {
-                match wake {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = tokio::time::sleep_until(self.start + self.core.next_timer());
             tokio::select! {
                 biased;
                 msg = self.inbox.recv() => match msg {
@@ -268,12 +262,7 @@ impl Actor {
 
     fn flush(&mut self) {
         for (to, data) in self.core.take_sends() {
-            let target = Target {
-                key: to.key,
-                addr: to.addr,
-                generation: to.generation,
-            };
-            self.transport.send(target, Channel::SwimCompact, &data);
+            self.transport.send(to.target(), Channel::SwimCompact, &data);
         }
         // The view first: a task reacting to an event reads it and must see the change.
         if self.core.version() != self.published {
@@ -284,11 +273,7 @@ impl Actor {
         }
         for event in self.core.take_events() {
             if let MemberEvent::Up(id) = &event {
-                self.transport.warm(Target {
-                    key: id.key,
-                    addr: id.addr,
-                    generation: id.generation,
-                });
+                self.transport.warm(id.target());
             }
             if let Some(tx) = &self.events {
                 let _ = tx.try_send(event);

@@ -356,11 +356,7 @@ impl Notifier {
                     .members
                     .iter()
                     .find(|m| m.id.key == k)
-                    .map(|m| Target {
-                        key: k,
-                        addr: m.id.addr,
-                        generation: m.id.generation,
-                    });
+                    .map(|m| m.id.target());
                 (k, t)
             })
             .collect();

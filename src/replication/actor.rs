@@ -207,7 +207,8 @@ impl Actor {
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Offer { item, holder, origin } => {
-                let digest = item.item.digest();
+                // A sync session claimed this version before verifying it (see `Shared::claim`).
+                let claim = (origin == Origin::Sync).then(|| item.item.digest());
                 // Older versions are expected during anti-entropy; only count them from broadcasts.
                 let source = match origin {
                     Origin::Broadcast => Source::Broadcast,
@@ -223,7 +224,7 @@ impl Actor {
                     }
                 }
                 // Committed, pending its body, or refused: later copies are judged by the index.
-                if origin == Origin::Sync {
+                if let Some(digest) = claim {
                     self.shared.release_claim(&digest);
                 }
             }
@@ -552,11 +553,7 @@ impl Actor {
             .members
             .iter()
             .find(|m| m.id.key == *key && !m.local)
-            .map(|m| Target {
-                key: m.id.key,
-                addr: m.id.addr,
-                generation: m.id.generation,
-            })
+            .map(|m| m.id.target())
     }
 
     /// Starts an anti-entropy session with `peer` (or a random alive member). Triggered
@@ -604,14 +601,7 @@ impl Actor {
     /// up to [`MAX_SYNC_RETRIES`] times with doubling waits: the session may be the one that
     /// brings what the other side of a healed partition wrote.
     fn start_sync(&mut self, id: NodeId, attempt: u32) {
-        let (key, target) = (
-            id.key,
-            Target {
-                key: id.key,
-                addr: id.addr,
-                generation: id.generation,
-            },
-        );
+        let (key, target) = (id.key, id.target());
         self.syncs_running += 1;
         self.shared.stats.syncs_started.fetch_add(1, Ordering::Relaxed);
         let syncer = self.syncer.clone();

@@ -88,7 +88,8 @@ impl BroadcastFilter for ItemFilter {
         // Each broadcast arrives several times (fanout × transmissions); a copy of a meta this
         // filter already accepted needs no signature check (the digest covers the signed meta,
         // and only verified digests are remembered).
-        if self.seen.contains(blake3::hash(&wire.meta).as_bytes()) {
+        let digest = *blake3::hash(&wire.meta).as_bytes();
+        if self.seen.contains(&digest) {
             return None;
         }
         let verified = match self.shared.policy().verify(&wire, crate::time::unix_ms()) {
@@ -111,7 +112,7 @@ impl BroadcastFilter for ItemFilter {
                 return None;
             }
         }
-        if !self.remember(verified.item.digest()) {
+        if !self.remember(digest) {
             return None;
         }
         let inline = verified.content.is_some();

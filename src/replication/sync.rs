@@ -153,7 +153,8 @@ impl Syncer {
     async fn accept(&self, peer: PublicKey, wire: WireItem) {
         // Both sides send their version of a differing key; the older one is expected traffic
         // here, not a replay worth counting, and needs no signature check.
-        if let Ok(meta) = super::item::ItemMeta::decode(&wire.meta)
+        let meta = super::item::ItemMeta::decode(&wire.meta).ok();
+        if let Some(meta) = &meta
             && self
                 .shared
                 .index()
@@ -181,9 +182,7 @@ impl Syncer {
             }
             Err(reason) => {
                 self.shared.release_claim(&digest);
-                let what = super::item::ItemMeta::decode(&wire.meta)
-                    .map(|m| m.key.to_string())
-                    .unwrap_or_default();
+                let what = meta.map(|m| m.key.to_string()).unwrap_or_default();
                 self.shared.stats.reject_from_peer(reason, &peer, &what);
             }
         }
