@@ -166,6 +166,38 @@ async fn restarted_node_catches_up_fetching_only_what_it_missed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_damaged_while_stopped_is_fetched_again() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let net = TestNetwork::new();
+    let mut agents = cluster(&net, 3).await;
+    let big: Vec<u8> = (0..400_000u32).map(|i| (i % 249) as u8).collect();
+    upload(agents[0].http_addr, &net, "big.bin", &big, &net.signer).await;
+    converged(&agents, "big.bin", Some(&big)).await;
+
+    let stopped = agents.pop().unwrap();
+    let state = stopped.files_dir().parent().unwrap().to_path_buf();
+    stopped.shutdown().await;
+    // Same size, other bytes: a body file damaged while the agent was stopped.
+    let body = state.join("bodies").join(blake3::hash(&big).to_hex().as_str());
+    assert!(body.exists(), "large bodies are files");
+    std::fs::remove_file(&body).unwrap();
+    std::fs::write(&body, vec![0u8; big.len()]).unwrap();
+
+    let mut config = net.config("n2");
+    bootstrap(&mut config, &[agents[0].cluster_addr]);
+    let back = start(config).await;
+    let mut all = agents;
+    all.push(back);
+    converged(&all, "big.bin", Some(&big)).await;
+    let back = all.last().unwrap();
+    assert_eq!(back.replication().stats().bodies_fetched.load(Relaxed), 1);
+    assert_eq!(std::fs::read(&body).unwrap(), big);
+    for a in all {
+        a.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_halves_of_a_partition_keep_working_and_converge_after_healing() {
     let net = TestNetwork::new();
     let agents = cluster(&net, 6).await;

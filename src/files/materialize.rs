@@ -1,5 +1,7 @@
 //! Writes the current version of each file under `<state_dir>/files/<name>`: a temporary file
-//! in the same directory, synced, renamed over the old one, the directory synced. Jobs are taken
+//! in the same directory (a hard link to the body when the store keeps it as a file, so a
+//! large file is on disk once; such files are read-only), synced, renamed over the old one,
+//! the directory synced. Jobs are taken
 //! in batches of up to [`BATCH`] that share one data sync and one directory sync. A crash leaves
 //! either the old or the new file, never a torn one (and the agent rewrites any file that does
 //! not match the store when it starts).
@@ -222,9 +224,28 @@ fn sync_data(dir: &Path, staged: &[Staged]) -> std::io::Result<()> {
     }
 }
 
-/// Writes the body `hash` to a temporary file next to `name`.
+/// Puts the body `hash` at a temporary name next to `name`: a hard link to the body file
+/// when the body is a file on the same filesystem (a large file is then on disk once), else
+/// a copy.
 fn stage(dir: &Path, name: &str, store: &Store, hash: &[u8; 32], size: u64) -> std::io::Result<Staged> {
     let tmp = dir.join(format!(".shoal-tmp-{}", rand::random::<u64>()));
+    if let Some(body) = store.body_path(hash)
+        && std::fs::hard_link(&body, &tmp).is_ok()
+    {
+        return match std::fs::File::open(&tmp) {
+            Ok(file) if file.metadata().is_ok_and(|m| m.len() == size) => Ok(Staged {
+                name: name.to_string(),
+                tmp,
+                file,
+            }),
+            other => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(other
+                    .err()
+                    .unwrap_or_else(|| std::io::Error::other("body file has the wrong size")))
+            }
+        };
+    }
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         let mut written = 0u64;
@@ -320,5 +341,33 @@ mod tests {
         m.write("x", *blake3::hash(&body).as_bytes(), 99);
         m.wait_idle();
         assert!(!files.join("x").exists());
+    }
+
+    #[test]
+    fn large_bodies_are_linked_not_copied_and_survive_their_removal() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..(crate::store::SMALL_BODY_MAX as usize + 1000))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let hash = *blake3::hash(&body).as_bytes();
+        let store = store_with(&tmp.path().join("state"), std::slice::from_ref(&body));
+        let files = tmp.path().join("files");
+        let m = Materializer::start(&files, store.clone()).unwrap();
+        m.write("big", hash, body.len() as u64);
+        m.write("same", hash, body.len() as u64);
+        m.wait_idle();
+        let stored = std::fs::metadata(store.body_path(&hash).unwrap()).unwrap();
+        for name in ["big", "same"] {
+            let meta = std::fs::metadata(files.join(name)).unwrap();
+            assert_eq!(
+                (meta.dev(), meta.ino()),
+                (stored.dev(), stored.ino()),
+                "{name} is a link"
+            );
+        }
+        // The store dropping the body (a newer version came) leaves the files whole.
+        store.remove_body(&hash).unwrap();
+        assert_eq!(std::fs::read(files.join("big")).unwrap(), body);
     }
 }

@@ -127,9 +127,7 @@ pub(super) async fn content(State(state): State<ApiState>, Path(name): Path<Stri
         return Err(Failure::new(StatusCode::NOT_FOUND, format!("{name} was deleted")));
     }
     let chunks = state.replication.store().body_chunks(&item.meta.hash);
-    let stream = futures_util::stream::iter(
-        chunks.map(|c| c.map(|ivec| Bytes::from(ivec.to_vec())).map_err(std::io::Error::other)),
-    );
+    let stream = futures_util::stream::iter(chunks.map(|c| c.map(Bytes::from).map_err(std::io::Error::other)));
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),

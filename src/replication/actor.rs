@@ -112,6 +112,10 @@ pub fn spawn(
     let ActorParts { rx, tx, shared } = parts;
     let mut floor = shared.store.clock()?;
     let mut refs: HashMap<[u8; 32], usize> = HashMap::new();
+    // Large bodies are files, made durable with the batch that materializes them: a crash
+    // can lose one whose item sled already saved. Such an item is forgotten, so that
+    // anti-entropy brings it (and its body) again instead of this node claiming to hold it.
+    let mut intact: HashMap<[u8; 32], bool> = HashMap::new();
     {
         let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
         for entry in shared.store.items() {
@@ -119,6 +123,18 @@ pub fn spawn(
             match super::decode_stored(&raw) {
                 Some((item, content)) => {
                     floor = floor.max(item.meta.version);
+                    let meta = &item.meta;
+                    if !meta.deleted
+                        && meta.size > crate::store::SMALL_BODY_MAX
+                        && !*intact
+                            .entry(meta.hash)
+                            .or_insert_with(|| shared.store.body_intact(&meta.hash, meta.size))
+                    {
+                        warn!(item = %meta.key, "stored body missing or damaged; fetching it again");
+                        shared.store.remove_item(&key)?;
+                        shared.store.remove_body(&meta.hash)?;
+                        continue;
+                    }
                     if !item.meta.deleted {
                         *refs.entry(item.meta.hash).or_default() += 1;
                         // Items stored with their content inline (older layout) move it to

@@ -1,17 +1,34 @@
-//! Content-addressed file bodies, stored as fixed-size chunks.
+//! Content-addressed file bodies.
 //!
-//! A body is written chunk by chunk while its blake3 hash is computed; the marker that makes
-//! it visible is written only when the whole body matches the expected hash and size. A
-//! writer dropped before that (peer vanished, mismatch) deletes what it wrote. One writer per
-//! hash at a time, so an aborted transfer never deletes chunks another transfer is writing.
+//! Bodies up to [`SMALL_BODY_MAX`] (every record, and small files) live in the database, as
+//! one value each: thousands of them cost no file of their own and are made durable together
+//! by sled's flush. Larger bodies are files under `<state_dir>/bodies`, named by their hash
+//! and read-only: sled rewrites large values several times as it consolidates pages (the mesh
+//! bench saw a 10 MiB body written about 2.4 times by sled, in 40 blob files), and the
+//! materializer hard-links a body file into the files directory instead of copying it, so a
+//! large file is written to disk once.
+//!
+//! A body is hashed while it is written; it becomes visible (its database marker, or the
+//! rename of its partial file) only when the whole body matches the expected hash and size.
+//! A writer dropped before that (peer vanished, mismatch) deletes what it wrote. One writer
+//! per hash at a time, so an aborted transfer never deletes what another transfer is writing.
 
 use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::{Store, StoreError};
 
 /// Size of a stored chunk, and of the reads that serve a body.
 pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// Bodies up to this size are kept in the database; larger ones are files. Equal to the
+/// largest record, so every record body is in the database.
+pub const SMALL_BODY_MAX: u64 = 64 * 1024;
+
+/// Prefix of a body file still being written (removed at start if a crash left one).
+const PARTIAL_PREFIX: &str = ".partial-";
 
 /// Why a body was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +50,15 @@ pub enum BodyError {
     /// Another transfer of this body is in progress.
     #[error("another transfer of this body is in progress")]
     Busy,
-    /// The database failed.
+    /// The database or the body file failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<std::io::Error> for BodyError {
+    fn from(e: std::io::Error) -> BodyError {
+        BodyError::Store(StoreError::Io(e))
+    }
 }
 
 pub(super) type ActiveWriters = Arc<Mutex<HashSet<[u8; 32]>>>;
@@ -47,71 +70,84 @@ fn chunk_key(hash: &[u8; 32], index: u32) -> [u8; 36] {
     k
 }
 
+/// Where a body being written goes.
+enum Sink {
+    /// A small body, stored in the database when complete.
+    Memory(Vec<u8>),
+    /// A large body's partial file.
+    File { file: std::fs::File, partial: PathBuf },
+}
+
 /// Writes one body. See the module documentation.
 pub struct BodyWriter {
     store: Store,
     hash: [u8; 32],
     size: u64,
     hasher: blake3::Hasher,
-    buf: Vec<u8>,
-    next_chunk: u32,
-    written: u64,
+    sink: Option<Sink>,
+    received: u64,
     done: bool,
 }
 
 impl BodyWriter {
     /// Feeds the next bytes of the body.
-    pub fn write(&mut self, mut data: &[u8]) -> Result<(), BodyError> {
-        if self.written + (self.buf.len() + data.len()) as u64 > self.size {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), BodyError> {
+        if self.received + data.len() as u64 > self.size {
             return Err(BodyError::TooLong(self.size));
         }
         self.hasher.update(data);
-        while !data.is_empty() {
-            let take = (CHUNK_SIZE - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() == CHUNK_SIZE {
-                self.flush_chunk()?;
-            }
+        match &mut self.sink {
+            Some(Sink::Memory(buf)) => buf.extend_from_slice(data),
+            Some(Sink::File { file, .. }) => file.write_all(data)?,
+            None => {}
         }
-        Ok(())
-    }
-
-    fn flush_chunk(&mut self) -> Result<(), StoreError> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        self.store
-            .chunks
-            .insert(chunk_key(&self.hash, self.next_chunk), self.buf.as_slice())?;
-        self.written += self.buf.len() as u64;
-        self.next_chunk += 1;
-        self.buf.clear();
+        self.received += data.len() as u64;
         Ok(())
     }
 
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
-        self.written + self.buf.len() as u64
+        self.received
     }
 
     /// Checks size and hash and makes the body visible; on error nothing remains stored.
     pub fn finish(mut self) -> Result<(), BodyError> {
-        let got = self.received();
-        if got != self.size {
+        if self.received != self.size {
             return Err(BodyError::TooShort {
-                got,
+                got: self.received,
                 expected: self.size,
             });
         }
         if *self.hasher.finalize().as_bytes() != self.hash {
             return Err(BodyError::HashMismatch);
         }
-        self.flush_chunk()?;
-        self.store
-            .bodies
-            .insert(self.hash, &self.size.to_be_bytes())
-            .map_err(StoreError::from)?;
+        match self.sink.take() {
+            Some(Sink::Memory(buf)) => {
+                let store = &self.store;
+                if !buf.is_empty() {
+                    store
+                        .chunks
+                        .insert(chunk_key(&self.hash, 0), buf)
+                        .map_err(StoreError::from)?;
+                }
+                store
+                    .bodies
+                    .insert(self.hash, &self.size.to_be_bytes())
+                    .map_err(StoreError::from)?;
+            }
+            Some(Sink::File { file, partial }) => {
+                // Durability comes with the materializer's sync of the batch that links this
+                // body into the files directory; a body lost to a crash before that is found
+                // missing at start and fetched again.
+                drop(file);
+                let result = std::fs::rename(&partial, self.store.body_file(&self.hash));
+                if let Err(e) = result {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e.into());
+                }
+            }
+            None => {}
+        }
         self.done = true;
         Ok(())
     }
@@ -119,8 +155,10 @@ impl BodyWriter {
 
 impl Drop for BodyWriter {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = self.store.delete_chunks(&self.hash);
+        if !self.done
+            && let Some(Sink::File { partial, .. }) = &self.sink
+        {
+            let _ = std::fs::remove_file(partial);
         }
         self.store
             .active
@@ -130,72 +168,148 @@ impl Drop for BodyWriter {
     }
 }
 
-/// Iterator over a stored body's chunks (owns its handle, so it can move into a stream).
-pub struct BodyChunks {
-    chunks: sled::Tree,
-    hash: [u8; 32],
-    next: u32,
-    done: bool,
+/// Iterator over a stored body's pieces, in order (owns its handles, so it can move into a
+/// stream). Empty for an unknown body.
+pub enum BodyChunks {
+    /// Pieces stored in the database.
+    Db {
+        /// The chunks tree.
+        chunks: sled::Tree,
+        /// The body.
+        hash: [u8; 32],
+        /// Next chunk index.
+        next: u32,
+        /// Nothing more to read.
+        done: bool,
+    },
+    /// A body file, read [`CHUNK_SIZE`] bytes at a time.
+    File(Option<std::fs::File>),
 }
 
 impl Iterator for BodyChunks {
-    type Item = Result<sled::IVec, StoreError>;
+    type Item = Result<Vec<u8>, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
+        match self {
+            BodyChunks::Db {
+                chunks,
+                hash,
+                next,
+                done,
+            } => {
+                if *done {
+                    return None;
+                }
+                let r = chunks.get(chunk_key(hash, *next)).map_err(StoreError::from).transpose();
+                *next += 1;
+                if !matches!(r, Some(Ok(_))) {
+                    *done = true;
+                }
+                r.map(|c| c.map(|v| v.to_vec()))
+            }
+            BodyChunks::File(file) => {
+                let f = file.as_mut()?;
+                let mut buf = Vec::with_capacity(CHUNK_SIZE);
+                match Read::by_ref(f).take(CHUNK_SIZE as u64).read_to_end(&mut buf) {
+                    Ok(0) => {
+                        *file = None;
+                        None
+                    }
+                    Ok(_) => Some(Ok(buf)),
+                    Err(e) => {
+                        *file = None;
+                        Some(Err(e.into()))
+                    }
+                }
+            }
         }
-        let r = self
-            .chunks
-            .get(chunk_key(&self.hash, self.next))
-            .map_err(StoreError::from)
-            .transpose();
-        self.next += 1;
-        if !matches!(r, Some(Ok(_))) {
-            self.done = true;
-        }
-        r
     }
 }
 
 impl Store {
+    /// Where the large body `hash` is (or would be) stored.
+    fn body_file(&self, hash: &[u8; 32]) -> PathBuf {
+        self.bodies_dir.join(blake3::Hash::from_bytes(*hash).to_hex().as_str())
+    }
+
     /// Starts writing the body `hash` of `size` bytes. Fails with `Busy` if another writer
     /// for it exists. Writing a body that is already complete is allowed (it is rewritten).
     pub fn body_writer(&self, hash: [u8; 32], size: u64) -> Result<BodyWriter, BodyError> {
         if !self.active.lock().unwrap_or_else(|e| e.into_inner()).insert(hash) {
             return Err(BodyError::Busy);
         }
-        Ok(BodyWriter {
+        let mut writer = BodyWriter {
             store: self.clone(),
             hash,
             size,
             hasher: blake3::Hasher::new(),
-            buf: Vec::with_capacity(CHUNK_SIZE.min(size as usize)),
-            next_chunk: 0,
-            written: 0,
+            sink: None,
+            received: 0,
             done: false,
-        })
+        };
+        writer.sink = Some(if size <= SMALL_BODY_MAX {
+            Sink::Memory(Vec::with_capacity(size as usize))
+        } else {
+            let hex = blake3::Hash::from_bytes(hash).to_hex();
+            let partial = self
+                .bodies_dir
+                .join(format!("{PARTIAL_PREFIX}{hex}-{:016x}", rand::random::<u64>()));
+            let file = std::fs::File::create(&partial)?;
+            // A body is content-addressed and linked into the files directory: nobody should
+            // write to it in place.
+            {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(0o444))?;
+            }
+            Sink::File { file, partial }
+        });
+        Ok(writer)
     }
 
     /// The size of a complete stored body.
     pub fn body_size(&self, hash: &[u8; 32]) -> Result<Option<u64>, StoreError> {
-        match self.bodies.get(hash)? {
-            None => Ok(None),
-            Some(v) => {
-                let b: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt("body size"))?;
-                Ok(Some(u64::from_be_bytes(b)))
-            }
+        if let Some(v) = self.bodies.get(hash)? {
+            let b: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt("body size"))?;
+            return Ok(Some(u64::from_be_bytes(b)));
+        }
+        match std::fs::metadata(self.body_file(hash)) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// The chunks of a complete body, in order. Empty for an unknown body.
-    pub fn body_chunks(&self, hash: &[u8; 32]) -> BodyChunks {
-        BodyChunks {
-            chunks: self.chunks.clone(),
-            hash: *hash,
-            next: 0,
-            done: !self.bodies.contains_key(hash).unwrap_or(false),
+    /// The file holding the complete large body `hash`, if it is stored as one (the
+    /// materializer links it instead of copying it).
+    pub fn body_path(&self, hash: &[u8; 32]) -> Option<PathBuf> {
+        let path = self.body_file(hash);
+        std::fs::metadata(&path).is_ok_and(|m| m.is_file()).then_some(path)
+    }
+
+    /// Whether the stored body `hash` has `size` bytes that hash to `hash` (read in full).
+    pub fn body_intact(&self, hash: &[u8; 32], size: u64) -> bool {
+        let mut hasher = blake3::Hasher::new();
+        let mut len = 0u64;
+        for chunk in self.body_chunks(hash) {
+            let Ok(chunk) = chunk else { return false };
+            len += chunk.len() as u64;
+            hasher.update(&chunk);
         }
+        len == size && hasher.finalize().as_bytes() == hash
+    }
+
+    /// The pieces of a complete body, in order. Empty for an unknown body.
+    pub fn body_chunks(&self, hash: &[u8; 32]) -> BodyChunks {
+        if self.bodies.contains_key(hash).unwrap_or(false) {
+            return BodyChunks::Db {
+                chunks: self.chunks.clone(),
+                hash: *hash,
+                next: 0,
+                done: false,
+            };
+        }
+        BodyChunks::File(std::fs::File::open(self.body_file(hash)).ok())
     }
 
     /// Deletes a body (marker first, so it is never visible half deleted).
@@ -204,22 +318,67 @@ impl Store {
             return Ok(());
         }
         self.bodies.remove(hash)?;
-        self.delete_chunks(hash)
-    }
-
-    fn delete_chunks(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
-        if self.bodies.contains_key(hash)? {
-            return Ok(());
-        }
         for key in self.chunks.scan_prefix(hash).keys() {
             self.chunks.remove(key?)?;
         }
-        Ok(())
+        match std::fs::remove_file(self.body_file(hash)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
-    /// Number of stored chunks (tests check that failures leave none).
+    /// Number of stored body pieces: chunks in the database and files in the bodies
+    /// directory, partial ones included (tests check that failures leave none).
     pub fn chunk_count(&self) -> usize {
-        self.chunks.len()
+        let files = std::fs::read_dir(&self.bodies_dir).map_or(0, |d| d.count());
+        self.chunks.len() + files
+    }
+
+    /// Prepares the bodies directory at open: removes partial files a crash left, and moves
+    /// large bodies an older version kept in the database to files.
+    pub(super) fn prepare_bodies(&self) -> Result<(), StoreError> {
+        std::fs::create_dir_all(&self.bodies_dir)?;
+        for entry in std::fs::read_dir(&self.bodies_dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let large: Vec<([u8; 32], u64)> = self
+            .bodies
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                Some((
+                    k.as_ref().try_into().ok()?,
+                    u64::from_be_bytes(v.as_ref().try_into().ok()?),
+                ))
+            })
+            .filter(|(_, size)| *size > SMALL_BODY_MAX)
+            .collect();
+        for (hash, size) in large {
+            let mut chunks = BodyChunks::Db {
+                chunks: self.chunks.clone(),
+                hash,
+                next: 0,
+                done: false,
+            };
+            self.bodies.remove(hash)?;
+            // Written through a writer, so the body is checked against its hash on the way.
+            let mut w = match self.body_writer(hash, size) {
+                Ok(w) => w,
+                Err(_) => continue,
+            };
+            let moved = chunks
+                .try_for_each(|c| c.map_err(BodyError::from).and_then(|c| w.write(&c)))
+                .and_then(|()| w.finish());
+            if let Err(e) = moved {
+                tracing::warn!(error = %e, "dropping a stored body that could not be moved to a file");
+            }
+            for key in self.chunks.scan_prefix(hash).keys() {
+                self.chunks.remove(key?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -276,5 +435,69 @@ mod tests {
         assert_eq!(store.chunk_count(), 0);
         assert_eq!(store.body_size(&hash).unwrap(), None);
         assert_eq!(store.body_chunks(&hash).count(), 0);
+    }
+
+    #[test]
+    fn large_bodies_are_read_only_files_and_small_ones_stay_in_the_database() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let small = body(SMALL_BODY_MAX as usize);
+        let large = body(SMALL_BODY_MAX as usize + 1);
+        for data in [&small, &large] {
+            let mut w = store
+                .body_writer(*blake3::hash(data).as_bytes(), data.len() as u64)
+                .unwrap();
+            w.write(data).unwrap();
+            w.finish().unwrap();
+        }
+        assert_eq!(store.body_path(blake3::hash(&small).as_bytes()), None);
+        let path = store.body_path(blake3::hash(&large).as_bytes()).expect("a file");
+        assert_eq!(std::fs::read(&path).unwrap(), large);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o444);
+        assert!(store.body_intact(blake3::hash(&large).as_bytes(), large.len() as u64));
+        store.remove_body(blake3::hash(&large).as_bytes()).unwrap();
+        assert!(!path.exists());
+        assert_eq!(store.body_size(blake3::hash(&large).as_bytes()).unwrap(), None);
+    }
+
+    #[test]
+    fn damaged_body_files_are_not_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = body(CHUNK_SIZE + 5);
+        let hash = *blake3::hash(&data).as_bytes();
+        let mut w = store.body_writer(hash, data.len() as u64).unwrap();
+        w.write(&data).unwrap();
+        w.finish().unwrap();
+        let path = store.body_path(&hash).unwrap();
+        let mut damaged = data.clone();
+        damaged[7] ^= 1;
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, &damaged).unwrap();
+        assert!(!store.body_intact(&hash, data.len() as u64));
+        std::fs::write(&path, &data[..100]).unwrap();
+        assert!(!store.body_intact(&hash, data.len() as u64));
+    }
+
+    #[test]
+    fn open_removes_partial_files_and_moves_large_database_bodies_to_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = body(CHUNK_SIZE * 2 + 3);
+        let hash = *blake3::hash(&data).as_bytes();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // The layout of earlier versions: every body as database chunks.
+            for (i, piece) in data.chunks(CHUNK_SIZE).enumerate() {
+                store.chunks.insert(chunk_key(&hash, i as u32), piece).unwrap();
+            }
+            store.bodies.insert(hash, &(data.len() as u64).to_be_bytes()).unwrap();
+            std::fs::write(store.bodies_dir.join(format!("{PARTIAL_PREFIX}left-by-a-crash")), b"x").unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read(store.body_path(&hash).unwrap()).unwrap(), data);
+        assert_eq!(store.chunk_count(), 1, "only the body file remains");
+        assert_eq!(store.body_size(&hash).unwrap(), Some(data.len() as u64));
     }
 }

@@ -1,8 +1,9 @@
 //! Persistent state in a sled database under `<state_dir>/db`.
 //!
 //! Trees: `meta` (identity generation, clock), `items` (every item's signed meta and small
-//! content, by item key), `chunks` and `bodies` (content-addressed file bodies, see
-//! [`bodies`]). One `Store` per agent; the replication task is the only writer of `items`.
+//! content, by item key), `chunks` and `bodies` (small content-addressed bodies; larger ones
+//! are files under `<state_dir>/bodies`, see [`bodies`]). One `Store` per agent; the
+//! replication task is the only writer of `items`.
 
 mod bodies;
 
@@ -10,7 +11,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use bodies::{BodyChunks, BodyError, BodyWriter, CHUNK_SIZE};
+pub use bodies::{BodyChunks, BodyError, BodyWriter, CHUNK_SIZE, SMALL_BODY_MAX};
 
 /// sled page cache. sled defaults to 1 GiB; an agent's working set is small and idle RSS is
 /// a goal, so keep it modest.
@@ -38,6 +39,9 @@ pub enum StoreError {
     /// Stored bytes are not what this version expects.
     #[error("database value {0} is corrupt")]
     Corrupt(&'static str),
+    /// A body file could not be read or written.
+    #[error("body file: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Handle to the agent's database. Cheap to clone.
@@ -48,6 +52,7 @@ pub struct Store {
     items: sled::Tree,
     chunks: sled::Tree,
     bodies: sled::Tree,
+    bodies_dir: PathBuf,
     active: bodies::ActiveWriters,
 }
 
@@ -61,14 +66,17 @@ impl Store {
             .flush_every_ms(Some(FLUSH_EVERY_MS))
             .open()
             .map_err(|source| StoreError::Open { path, source })?;
-        Ok(Store {
+        let store = Store {
             meta: db.open_tree("meta")?,
             items: db.open_tree("items")?,
             chunks: db.open_tree("chunks")?,
             bodies: db.open_tree("bodies")?,
+            bodies_dir: state_dir.join("bodies"),
             active: Arc::new(Mutex::new(HashSet::new())),
             db,
-        })
+        };
+        store.prepare_bodies()?;
+        Ok(store)
     }
 
     fn get_u64(&self, key: &[u8], what: &'static str) -> Result<Option<u64>, StoreError> {
@@ -111,6 +119,12 @@ impl Store {
     /// Stores the encoded item for `key`.
     pub fn put_item(&self, key: &[u8], encoded: &[u8]) -> Result<(), StoreError> {
         self.items.insert(key, encoded)?;
+        Ok(())
+    }
+
+    /// Removes the item for `key` (its body is the caller's business).
+    pub fn remove_item(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.items.remove(key)?;
         Ok(())
     }
 
