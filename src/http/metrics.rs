@@ -51,6 +51,12 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
         "SWIM packets refused (malformed or from the wrong sender).",
         ms.packets_rejected.load(Relaxed),
     );
+    e.single(
+        "shoal_broadcast_relays_skipped_total",
+        "counter",
+        "Received items not passed on because the broadcast backlog was full (anti-entropy carries them).",
+        ms.relays_skipped.load(Relaxed),
+    );
 
     let r = &state.replication;
     let (items, _) = r.summary();

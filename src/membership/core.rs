@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -187,6 +187,10 @@ pub struct Core {
     suspicion_limit: Duration,
     /// Broadcast items the filter accepted so far.
     accepted: Arc<AtomicU64>,
+    /// foca's custom broadcast backlog, for the handler's relay bound.
+    backlog: Arc<AtomicUsize>,
+    /// Received items not passed on because the backlog was full.
+    relays_skipped: Arc<AtomicU64>,
     /// When this node next announces itself to members believed down. The first time is at
     /// a random point of the interval, so nodes started together do not all reach out in the
     /// same instant and then stay silent for the rest of the interval (a partition that heals
@@ -228,9 +232,13 @@ impl Core {
         // starts in step on nodes started together (see `next_reconnect`).
         fc.periodic_announce_to_down_members = None;
         let accepted = Arc::new(AtomicU64::new(0));
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let relays_skipped = Arc::new(AtomicU64::new(0));
         let handler = Handler {
             filter,
             accepted: accepted.clone(),
+            backlog: backlog.clone(),
+            relays_skipped: relays_skipped.clone(),
         };
         let foca = Foca::with_custom_broadcast(id, fc, SmallRng::seed_from_u64(seed), FocaCodec, handler);
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_0f0c_a11e);
@@ -252,6 +260,8 @@ impl Core {
             events: Vec::new(),
             suspect_since: HashMap::new(),
             accepted,
+            backlog,
+            relays_skipped,
             suspicion_limit: config.suspect_timeout * 2 + config.probe_period,
             next_reconnect: now.mono + reconnect_every.mul_f64(rng.random::<f64>()),
             reconnect_every,
@@ -312,6 +322,12 @@ impl Core {
         }
         self.after(now);
         result.map_err(CoreError::from)
+    }
+
+    /// Count of received items not passed on because foca's backlog was full
+    /// ([`super::broadcast::MAX_RELAY_BACKLOG`]).
+    pub fn relays_skipped(&self) -> Arc<AtomicU64> {
+        self.relays_skipped.clone()
     }
 
     /// Events since the last call, drained.
@@ -435,6 +451,8 @@ impl Core {
 
     /// Common work after any input: queue timers, track join state, refresh the view.
     fn after(&mut self, now: Now) {
+        self.backlog
+            .store(self.foca.custom_broadcast_backlog(), Ordering::Relaxed);
         for (due, t) in self.fx.timers.drain(..) {
             self.timers.push(due, t);
         }

@@ -64,6 +64,9 @@ pub struct Stats {
     pub packets_handled: AtomicU64,
     /// SWIM packets rejected: undecodable, spoofed sender, or refused by foca.
     pub packets_rejected: AtomicU64,
+    /// Received broadcast items not passed on because the backlog was full
+    /// ([`broadcast::MAX_RELAY_BACKLOG`]); replication repairs with anti-entropy sooner.
+    pub relays_skipped: Arc<AtomicU64>,
 }
 
 enum Command {
@@ -141,7 +144,10 @@ pub fn spawn(
     let snapshot = Arc::new(snapshot_of(&core));
     let (snap_tx, snap_rx) = watch::channel(snapshot);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats {
+        relays_skipped: core.relays_skipped(),
+        ..Stats::default()
+    });
     let actor = Actor {
         events,
         stats: stats.clone(),

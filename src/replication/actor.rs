@@ -38,6 +38,9 @@ pub const TRIGGERED_SYNC_SPACING: Duration = Duration::from_millis(500);
 pub const MAX_SYNC_RETRIES: u32 = 3;
 /// Members that came up kept for a session when one cannot start at once (the oldest goes).
 pub const MAX_WANTED_SYNCS: usize = 4;
+/// While received items are not passed on (the broadcast backlog is full), a node starts an
+/// anti-entropy session this often instead of once per `anti_entropy_interval`.
+pub const OVERFLOW_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The receiving half created by [`super::channel`].
 pub struct ActorParts {
@@ -194,6 +197,9 @@ impl Actor {
         let phase = self.interval.mul_f64(rand::random::<f64>());
         let mut tick = tokio::time::interval_at(Instant::now() + phase, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut overflow = tokio::time::interval(OVERFLOW_SYNC_INTERVAL);
+        overflow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut skipped_seen = 0;
         loop {
             // Members that came up while a triggered session could not start yet.
             let retry_at = self
@@ -216,6 +222,15 @@ impl Actor {
                     None => return,
                 },
                 _ = tick.tick() => self.sync_with(None, false),
+                _ = overflow.tick() => {
+                    // Items this node did not pass on (broadcast backlog full) may have
+                    // reached few members: reconcile now rather than at the next round.
+                    let skipped = self.membership.stats().relays_skipped.load(Ordering::Relaxed);
+                    if skipped != skipped_seen {
+                        skipped_seen = skipped;
+                        self.sync_with(None, true);
+                    }
+                }
             }
         }
     }
