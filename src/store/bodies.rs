@@ -362,18 +362,18 @@ impl Store {
                 next: 0,
                 done: false,
             };
-            self.bodies.remove(hash)?;
             // Written through a writer, so the body is checked against its hash on the way.
-            let mut w = match self.body_writer(hash, size) {
-                Ok(w) => w,
-                Err(_) => continue,
-            };
-            let moved = chunks
-                .try_for_each(|c| c.map_err(BodyError::from).and_then(|c| w.write(&c)))
-                .and_then(|()| w.finish());
+            // The database copy goes only afterwards: a crash in between leaves it to move at
+            // the next open.
+            let moved = self.body_writer(hash, size).and_then(|mut w| {
+                chunks
+                    .try_for_each(|c| c.map_err(BodyError::from).and_then(|c| w.write(&c)))
+                    .and_then(|()| w.finish())
+            });
             if let Err(e) = moved {
                 tracing::warn!(error = %e, "dropping a stored body that could not be moved to a file");
             }
+            self.bodies.remove(hash)?;
             for key in self.chunks.scan_prefix(hash).keys() {
                 self.chunks.remove(key?)?;
             }
