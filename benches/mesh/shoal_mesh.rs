@@ -1,5 +1,5 @@
 //! shoal side of the mesh bench: every agent a separate `shoal agent` process (release build)
-//! with production defaults (probe 1 s, suspicion 3 s, anti-entropy 30 s), as operators run it.
+//! with production defaults (probe 1 s, suspicion 2.5 s, anti-entropy 30 s), as operators run it.
 //!
 //! Observation: join and small-record propagation by polling every agent's HTTP API (every
 //! 100 ms and 20 ms, so those figures carry up to that much observation delay); files by
@@ -100,8 +100,12 @@ impl Mesh {
             .filter(|p| **p != cluster)
             .map(|p| format!("\"127.0.0.1:{p}\""))
             .collect();
+        // Production defaults unless a run asks for another suspicion timeout.
+        let suspicion = std::env::var("SHOAL_MESH_SUSPECT_TIMEOUT")
+            .map(|t| format!("suspect_timeout = \"{t}\"\n"))
+            .unwrap_or_default();
         let config = format!(
-            "[node]\nstate_dir = \"{}\"\n\n[cluster]\nlisten = \"127.0.0.1:{cluster}\"\nbootstrap = [{}]\n\n\
+            "[node]\nstate_dir = \"{}\"\n\n[cluster]\nlisten = \"127.0.0.1:{cluster}\"\nbootstrap = [{}]\n{suspicion}\n\
              [network]\nnetwork_key = \"{}\"\ncertificate = \"{cert}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n{}",
             state.display(),
             others.join(", "),
