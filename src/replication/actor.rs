@@ -685,10 +685,24 @@ impl Actor {
                 if on_disk.is_some() {
                     self.materializer.remove(name);
                 }
-            } else if on_disk != Some(item.meta.size) || !same_content(&path, &item.meta.hash) {
+            } else if on_disk != Some(item.meta.size) || !self.holds_content(&path, &item.meta.hash) {
                 self.materializer.write(name, item.meta.hash, item.meta.size);
             }
         }
+    }
+
+    /// Whether the materialized file at `path` holds the body `hash`. A link to the body file
+    /// does without reading it again: `spawn` has just checked every large body.
+    fn holds_content(&self, path: &std::path::Path, hash: &[u8; 32]) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let inode = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        let linked = self
+            .shared
+            .store
+            .body_path(hash)
+            .and_then(|body| inode(&body))
+            .is_some_and(|body| inode(path) == Some(body));
+        linked || same_content(path, hash)
     }
 }
 

@@ -84,7 +84,7 @@ pub struct BodyWriter {
     hash: [u8; 32],
     size: u64,
     hasher: blake3::Hasher,
-    sink: Option<Sink>,
+    sink: Sink,
     received: u64,
     done: bool,
 }
@@ -97,9 +97,8 @@ impl BodyWriter {
         }
         self.hasher.update(data);
         match &mut self.sink {
-            Some(Sink::Memory(buf)) => buf.extend_from_slice(data),
-            Some(Sink::File { file, .. }) => file.write_all(data)?,
-            None => {}
+            Sink::Memory(buf) => buf.extend_from_slice(data),
+            Sink::File { file, .. } => file.write_all(data)?,
         }
         self.received += data.len() as u64;
         Ok(())
@@ -121,13 +120,13 @@ impl BodyWriter {
         if *self.hasher.finalize().as_bytes() != self.hash {
             return Err(BodyError::HashMismatch);
         }
-        match self.sink.take() {
-            Some(Sink::Memory(buf)) => {
+        match &self.sink {
+            Sink::Memory(buf) => {
                 let store = &self.store;
                 if !buf.is_empty() {
                     store
                         .chunks
-                        .insert(chunk_key(&self.hash, 0), buf)
+                        .insert(chunk_key(&self.hash, 0), buf.as_slice())
                         .map_err(StoreError::from)?;
                 }
                 store
@@ -135,18 +134,10 @@ impl BodyWriter {
                     .insert(self.hash, &self.size.to_be_bytes())
                     .map_err(StoreError::from)?;
             }
-            Some(Sink::File { file, partial }) => {
-                // Durability comes with the materializer's sync of the batch that links this
-                // body into the files directory; a body lost to a crash before that is found
-                // missing at start and fetched again.
-                drop(file);
-                let result = std::fs::rename(&partial, self.store.body_file(&self.hash));
-                if let Err(e) = result {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(e.into());
-                }
-            }
-            None => {}
+            // Durability comes with the materializer's sync of the batch that links this body
+            // into the files directory; a body lost to a crash before that is found missing at
+            // start and fetched again. (On failure, `Drop` removes the partial file.)
+            Sink::File { partial, .. } => std::fs::rename(partial, self.store.body_file(&self.hash))?,
         }
         self.done = true;
         Ok(())
@@ -156,7 +147,7 @@ impl BodyWriter {
 impl Drop for BodyWriter {
     fn drop(&mut self) {
         if !self.done
-            && let Some(Sink::File { partial, .. }) = &self.sink
+            && let Sink::File { partial, .. } = &self.sink
         {
             let _ = std::fs::remove_file(partial);
         }
@@ -238,32 +229,42 @@ impl Store {
         if !self.active.lock().unwrap_or_else(|e| e.into_inner()).insert(hash) {
             return Err(BodyError::Busy);
         }
-        let mut writer = BodyWriter {
+        let sink = match self.open_sink(&hash, size) {
+            Ok(sink) => sink,
+            Err(e) => {
+                self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&hash);
+                return Err(e.into());
+            }
+        };
+        Ok(BodyWriter {
             store: self.clone(),
             hash,
             size,
             hasher: blake3::Hasher::new(),
-            sink: None,
+            sink,
             received: 0,
             done: false,
-        };
-        writer.sink = Some(if size <= SMALL_BODY_MAX {
-            Sink::Memory(Vec::with_capacity(size as usize))
-        } else {
-            let hex = blake3::Hash::from_bytes(hash).to_hex();
-            let partial = self
-                .bodies_dir
-                .join(format!("{PARTIAL_PREFIX}{hex}-{:016x}", rand::random::<u64>()));
-            let file = std::fs::File::create(&partial)?;
-            // A body is content-addressed and linked into the files directory: nobody should
-            // write to it in place.
-            {
-                use std::os::unix::fs::PermissionsExt;
-                file.set_permissions(std::fs::Permissions::from_mode(0o444))?;
-            }
-            Sink::File { file, partial }
-        });
-        Ok(writer)
+        })
+    }
+
+    /// Where a new body of `size` bytes is written: memory for a small one, a partial file
+    /// (read-only: a body is content-addressed and linked into the files directory, nobody
+    /// should write to it in place) for a large one.
+    fn open_sink(&self, hash: &[u8; 32], size: u64) -> std::io::Result<Sink> {
+        use std::os::unix::fs::PermissionsExt;
+        if size <= SMALL_BODY_MAX {
+            return Ok(Sink::Memory(Vec::with_capacity(size as usize)));
+        }
+        let hex = blake3::Hash::from_bytes(*hash).to_hex();
+        let partial = self
+            .bodies_dir
+            .join(format!("{PARTIAL_PREFIX}{hex}-{:016x}", rand::random::<u64>()));
+        let file = std::fs::File::create(&partial)?;
+        if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o444)) {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        Ok(Sink::File { file, partial })
     }
 
     /// The size of a complete stored body.
@@ -302,12 +303,7 @@ impl Store {
     /// The pieces of a complete body, in order. Empty for an unknown body.
     pub fn body_chunks(&self, hash: &[u8; 32]) -> BodyChunks {
         if self.bodies.contains_key(hash).unwrap_or(false) {
-            return BodyChunks::Db {
-                chunks: self.chunks.clone(),
-                hash: *hash,
-                next: 0,
-                done: false,
-            };
+            return self.db_chunks(hash);
         }
         BodyChunks::File(std::fs::File::open(self.body_file(hash)).ok())
     }
@@ -317,10 +313,7 @@ impl Store {
         if self.active.lock().unwrap_or_else(|e| e.into_inner()).contains(hash) {
             return Ok(());
         }
-        self.bodies.remove(hash)?;
-        for key in self.chunks.scan_prefix(hash).keys() {
-            self.chunks.remove(key?)?;
-        }
+        self.remove_db_body(hash)?;
         match std::fs::remove_file(self.body_file(hash)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -356,12 +349,7 @@ impl Store {
             .filter(|(_, size)| *size > SMALL_BODY_MAX)
             .collect();
         for (hash, size) in large {
-            let mut chunks = BodyChunks::Db {
-                chunks: self.chunks.clone(),
-                hash,
-                next: 0,
-                done: false,
-            };
+            let mut chunks = self.db_chunks(&hash);
             // Written through a writer, so the body is checked against its hash on the way.
             // The database copy goes only afterwards: a crash in between leaves it to move at
             // the next open.
@@ -373,12 +361,29 @@ impl Store {
             if let Err(e) = moved {
                 tracing::warn!(error = %e, "dropping a stored body that could not be moved to a file");
             }
-            self.bodies.remove(hash)?;
-            for key in self.chunks.scan_prefix(hash).keys() {
-                self.chunks.remove(key?)?;
-            }
+            self.remove_db_body(&hash)?;
         }
         Ok(())
+    }
+
+    /// Removes a body's database marker and chunks (marker first, so it is never visible
+    /// half deleted).
+    fn remove_db_body(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.bodies.remove(hash)?;
+        for key in self.chunks.scan_prefix(hash).keys() {
+            self.chunks.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// The chunks the database holds for `hash`, in order.
+    fn db_chunks(&self, hash: &[u8; 32]) -> BodyChunks {
+        BodyChunks::Db {
+            chunks: self.chunks.clone(),
+            hash: *hash,
+            next: 0,
+            done: false,
+        }
     }
 }
 
