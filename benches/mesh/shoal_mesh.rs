@@ -242,6 +242,12 @@ impl Mesh {
 
     /// Unix ms at which each agent in `observers` declared `key` down at or after `since_ms`.
     async fn down_verdicts(&self, observers: &[usize], key: Option<&PublicKey>, since_ms: f64) -> Vec<f64> {
+        self.verdicts("node_down", observers, key, since_ms).await
+    }
+
+    /// Unix ms of each `kind` event (`node_down`, `node_suspect`) about `key` that agents in
+    /// `observers` logged at or after `since_ms`.
+    async fn verdicts(&self, kind: &str, observers: &[usize], key: Option<&PublicKey>, since_ms: f64) -> Vec<f64> {
         let mut out = Vec::new();
         for &i in observers {
             let Some(ev) = self.get(self.agents[i].http, "/api/events?limit=1000").await else {
@@ -250,7 +256,7 @@ impl Mesh {
             for e in ev["events"].as_array().into_iter().flatten() {
                 let at = e["at_ms"].as_f64().unwrap_or(0.0);
                 let about = e["node"].as_str().unwrap_or("");
-                if e["kind"] == "node_down"
+                if e["kind"] == kind
                     && at >= since_ms
                     && key.is_none_or(|k| k.to_string() == about)
                     && about != self.agents[i].key.to_string()
@@ -276,6 +282,23 @@ impl Mesh {
             let verdicts = self.down_verdicts(&all, Some(&key), t0).await;
             if verdicts.len() >= self.agents.len() {
                 let last = verdicts.iter().copied().fold(t0, f64::max);
+                // Where the time goes: the first suspicion is the first failed probe (plus
+                // the probe period foca waits for indirect acks); the first down verdict comes
+                // one suspicion timeout later; the last is that verdict's dissemination.
+                let suspects = self.verdicts("node_suspect", &all, Some(&key), t0).await;
+                let span = |v: &[f64]| {
+                    let mut v: Vec<f64> = v.iter().map(|t| (t - t0) / 1000.0).collect();
+                    v.sort_by(f64::total_cmp);
+                    match (v.first(), v.get(v.len() / 2), v.last()) {
+                        (Some(a), Some(m), Some(z)) => format!("{a:.2}/{m:.2}/{z:.2} s ({})", v.len()),
+                        _ => "none".into(),
+                    }
+                };
+                eprintln!(
+                    "shoal bench: kill of {key}: suspect first/median/last {}, down {}",
+                    span(&suspects),
+                    span(&verdicts)
+                );
                 return Duration::from_secs_f64((last - t0).max(0.0) / 1000.0);
             }
             assert!(started.elapsed() < Duration::from_secs(120), "failure not detected");
@@ -353,7 +376,10 @@ impl Mesh {
 
 fn spawn_agent(config: &Path, state: &Path) -> Child {
     let log = std::fs::File::create(state.join("agent.log")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_shoal"))
+    // SHOAL_MESH_BIN runs another build of the agent (say, other profile settings) under the
+    // same harness.
+    let bin = std::env::var_os("SHOAL_MESH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_shoal").into());
+    Command::new(bin)
         .args(["agent", "--config"])
         .arg(config)
         .env("LOG_LEVEL", "warn")
