@@ -103,20 +103,33 @@ pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// Ports below the kernel's ephemeral range (32768–60999 by default) that the harness hands
+/// out. A port is found free here and bound by the tool only later, so it must not be one the
+/// kernel can give meanwhile to an outgoing connection (the harness polls every agent over
+/// HTTP) or to another `bind(0)` (50 random picks from that range share one about 4 % of the
+/// time). A catch-up mesh of 49 that never converged is the likely sign of such a collision.
+const HARNESS_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A port free for `udp` (else TCP) on 127.0.0.1, never handed out before in this run.
 pub fn free_port(udp: bool) -> u16 {
-    if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..10_000 {
+        let port = rand::random_range(HARNESS_PORTS);
+        if given.contains(&port) {
+            continue;
+        }
+        let free = if udp {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        } else {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        };
+        if free {
+            given.push(port);
+            return port;
+        }
     }
+    panic!("no free port left in {HARNESS_PORTS:?}");
 }
 
 /// Wall clock, Unix ms (to compare with timestamps the tools write themselves).

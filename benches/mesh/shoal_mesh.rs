@@ -150,10 +150,24 @@ impl Mesh {
     /// Until every agent lists `n` alive.
     async fn converge(&self, n: usize, limit: Duration) -> Option<Duration> {
         let t0 = Instant::now();
+        let verbose = std::env::var("SHOAL_MESH_VERBOSE").is_ok();
+        let mut shown = Duration::ZERO;
         while t0.elapsed() < limit {
             let counts = futures_util::future::join_all(self.agents.iter().map(|a| self.alive(a))).await;
             if counts.iter().all(|c| *c == n) {
                 return Some(t0.elapsed());
+            }
+            if verbose && t0.elapsed() >= shown {
+                let behind: Vec<String> = (counts.iter().enumerate())
+                    .filter(|(_, c)| **c != n)
+                    .map(|(i, c)| format!("n{i}:{c}"))
+                    .collect();
+                eprintln!(
+                    "shoal bench: joining +{:.0} s, not yet at {n}: {}",
+                    t0.elapsed().as_secs_f64(),
+                    behind.join(" ")
+                );
+                shown += Duration::from_secs(5);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
