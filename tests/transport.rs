@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use foca::Codec;
-use shoal::identity::{Admission, SecretKey};
+use shoal::identity::{Admission, NodeCertificate, SecretKey, unix_now};
 use shoal::membership::{FocaCodec, NodeId};
 use shoal::transport::{Channel, Claims, Inbound, Target, Transport, TransportConfig};
 use tokio::sync::mpsc;
@@ -167,4 +167,58 @@ async fn garbage_and_spoofed_swim_packets_from_an_admitted_peer_change_nothing()
     })
     .await;
     agent.shutdown().await;
+}
+
+/// Admission runs on every new connection (it is never skipped by a resumed TLS session): a
+/// node whose network certificate expired while it was connected gets no new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_gets_no_new_connection() {
+    let net = SecretKey::generate();
+    let (ka, kb) = (SecretKey::generate(), SecretKey::generate());
+    let now = unix_now();
+    // Validity is checked in whole seconds: A's certificate ends 2 s from now.
+    let a_until = now + 2;
+    let bind = |key: &SecretKey, name: &str, until: u64| {
+        let cert = NodeCertificate::issue(&net, key.public(), name, now - 60, until).unwrap();
+        let (tx, rx) = mpsc::channel(64);
+        let t = Transport::bind(
+            &TransportConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                idle_timeout: Duration::from_millis(500),
+                max_connections: 16,
+            },
+            key,
+            &Claims {
+                name: name.into(),
+                generation: 1,
+                network_cert: Some(cert.to_bytes()),
+            },
+            Arc::new(Admission::new(Some(net.public()), [])),
+            tx,
+        )
+        .unwrap();
+        (t, rx)
+    };
+    let (a, _a_in) = bind(&ka, "a", a_until);
+    let (b, _b_in) = bind(&kb, "b", now + 3600);
+
+    a.connect(b.local_addr(), Some(kb.public())).await.unwrap();
+    eventually(Duration::from_secs(5), "B admitted A", || b.connection_count() == 1).await;
+    assert_eq!(b.stats().refusals.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Nothing is sent, so the connection idles out; by then A's certificate has expired.
+    eventually(Duration::from_secs(10), "the first connection idled out", || {
+        a.connection_count() == 0 && b.connection_count() == 0 && unix_now() > a_until
+    })
+    .await;
+
+    // The same endpoint dials again: B checks the certificate again and refuses it. (A may
+    // see its side complete before B's refusal arrives, so the result of `connect` is not the
+    // test; B's count and pool are.)
+    let _ = a.connect(b.local_addr(), Some(kb.public())).await;
+    eventually(Duration::from_secs(5), "B refused A's expired certificate", || {
+        b.stats().refusals.load(std::sync::atomic::Ordering::Relaxed) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.connection_count(), 0, "B holds no connection to A");
 }
