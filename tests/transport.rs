@@ -13,9 +13,21 @@ use shoal::membership::{FocaCodec, NodeId};
 use shoal::transport::{Channel, Claims, Inbound, Target, Transport, TransportConfig};
 use tokio::sync::mpsc;
 
+/// A transport on a loopback port that admits the nodes `trusted` lists.
 fn transport(
     secret: &SecretKey,
     trusted: &[&SecretKey],
+    idle: Duration,
+) -> (Transport, mpsc::Receiver<(Channel, Inbound)>) {
+    let admission = Admission::new(None, trusted.iter().map(|k| k.public()));
+    bind(secret, None, admission, idle)
+}
+
+/// A transport on a loopback port presenting `network_cert`, admitting by `admission`.
+fn bind(
+    secret: &SecretKey,
+    network_cert: Option<&NodeCertificate>,
+    admission: Admission,
     idle: Duration,
 ) -> (Transport, mpsc::Receiver<(Channel, Inbound)>) {
     let (tx, rx) = mpsc::channel(1024);
@@ -29,9 +41,9 @@ fn transport(
         &Claims {
             name: "raw".into(),
             generation: 1,
-            network_cert: None,
+            network_cert: network_cert.map(NodeCertificate::to_bytes),
         },
-        Arc::new(Admission::new(None, trusted.iter().map(|k| k.public()))),
+        Arc::new(admission),
         tx,
     )
     .unwrap();
@@ -178,29 +190,13 @@ async fn an_expired_certificate_gets_no_new_connection() {
     let now = unix_now();
     // Validity is checked in whole seconds: A's certificate ends 2 s from now.
     let a_until = now + 2;
-    let bind = |key: &SecretKey, name: &str, until: u64| {
+    let member = |key: &SecretKey, name: &str, until: u64| {
         let cert = NodeCertificate::issue(&net, key.public(), name, now - 60, until).unwrap();
-        let (tx, rx) = mpsc::channel(64);
-        let t = Transport::bind(
-            &TransportConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                idle_timeout: Duration::from_millis(500),
-                max_connections: 16,
-            },
-            key,
-            &Claims {
-                name: name.into(),
-                generation: 1,
-                network_cert: Some(cert.to_bytes()),
-            },
-            Arc::new(Admission::new(Some(net.public()), [])),
-            tx,
-        )
-        .unwrap();
-        (t, rx)
+        let admission = Admission::new(Some(net.public()), []);
+        bind(key, Some(&cert), admission, Duration::from_millis(500))
     };
-    let (a, _a_in) = bind(&ka, "a", a_until);
-    let (b, _b_in) = bind(&kb, "b", now + 3600);
+    let (a, _a_in) = member(&ka, "a", a_until);
+    let (b, _b_in) = member(&kb, "b", now + 3600);
 
     a.connect(b.local_addr(), Some(kb.public())).await.unwrap();
     eventually(Duration::from_secs(5), "B admitted A", || b.connection_count() == 1).await;
