@@ -10,6 +10,8 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 
+use super::zone::NamedZone;
+
 /// Why an expression or a zone was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CronError {
@@ -27,12 +29,12 @@ pub enum CronError {
 }
 
 /// A time zone: the machine's local one, or a named IANA zone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Zone {
     /// `/etc/localtime` (or `TZ`), as cron does.
     Local,
-    /// A named zone.
-    Named(chrono_tz::Tz),
+    /// A named zone from the machine's time zone database.
+    Named(NamedZone),
 }
 
 impl FromStr for Zone {
@@ -41,9 +43,9 @@ impl FromStr for Zone {
         if s.eq_ignore_ascii_case("local") {
             return Ok(Zone::Local);
         }
-        s.parse::<chrono_tz::Tz>()
+        NamedZone::lookup(s)
             .map(Zone::Named)
-            .map_err(|_| CronError::Zone(s.to_string()))
+            .ok_or_else(|| CronError::Zone(s.to_string()))
     }
 }
 
@@ -103,8 +105,8 @@ impl CronSchedule {
     }
 
     /// The zone it is evaluated in.
-    pub fn zone(&self) -> Zone {
-        self.zone
+    pub fn zone(&self) -> &Zone {
+        &self.zone
     }
 
     /// The first matching time strictly after `after_ms` (Unix ms), if any.
@@ -112,9 +114,9 @@ impl CronSchedule {
         // Whole seconds: croner keeps the sub-second part of its start in what it returns.
         let secs = i64::try_from(after_ms / 1000).ok()?;
         let utc = Utc.timestamp_opt(secs, 0).single()?;
-        let next = match self.zone {
+        let next = match &self.zone {
             Zone::Local => self.next_in(&utc.with_timezone(&chrono::Local)),
-            Zone::Named(tz) => self.next_in(&utc.with_timezone(&tz)),
+            Zone::Named(tz) => self.next_in(&utc.with_timezone(tz)),
         }?;
         u64::try_from(next).ok()
     }
@@ -164,7 +166,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_input_with_reasons() {
-        let zone = Zone::Named(chrono_tz::Tz::UTC);
+        let zone = Zone::Named(NamedZone::utc());
         for bad in [
             "",
             "* * * *",
@@ -175,7 +177,10 @@ mod tests {
             "@reboot",
             "0 0 30 2 *",
         ] {
-            assert!(CronSchedule::parse(bad, zone).is_err(), "{bad:?} must be refused");
+            assert!(
+                CronSchedule::parse(bad, zone.clone()).is_err(),
+                "{bad:?} must be refused"
+            );
         }
         assert!(matches!("Mars/Olympus".parse::<Zone>(), Err(CronError::Zone(_))));
         assert_eq!("local".parse::<Zone>(), Ok(Zone::Local));

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod planner;
 pub mod record;
 pub mod runner;
+pub mod zone;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
