@@ -12,7 +12,9 @@ mod table;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::agent;
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
@@ -231,7 +233,10 @@ pub async fn shutdown_signal() {
 }
 
 /// Log filter precedence: `--log-level`, then `LOG_LEVEL`, then `RUST_LOG`, then `info`.
-/// Accepts meshmon/data-mesher style names (INFO, warning, fatal).
+/// Accepts meshmon/data-mesher style names (INFO, warning, fatal) and `RUST_LOG`'s
+/// `target=level` lists (`info,shoal::membership=debug`). Span and field filters are not
+/// supported: the filter that parses them brings a regex engine into every agent process
+/// (about 0.4 MB of code) for a feature a fleet agent's operators rarely use.
 fn init_logging(flag: Option<&str>) {
     let spec = flag
         .map(str::to_string)
@@ -244,13 +249,15 @@ fn init_logging(flag: Option<&str>) {
         s if ["trace", "debug", "info", "warn", "error", "off"].contains(&s) => s.to_string(),
         _ => spec.clone(),
     };
-    let filter = EnvFilter::try_new(&normalized).unwrap_or_else(|e| {
+    let filter = normalized.parse::<Targets>().unwrap_or_else(|e| {
         eprintln!("warning: invalid log level {spec:?} ({e}); using info");
-        EnvFilter::new("info")
+        Targets::new().with_default(tracing::Level::INFO)
     });
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
+        .finish()
+        .with(filter)
         .try_init();
 }

@@ -158,7 +158,7 @@ pub fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let writer = buf.clone();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
+            .with_max_level(tracing::Level::INFO)
             .with_ansi(false)
             .with_writer(move || CaptureWriter(writer.clone()))
             .try_init();
