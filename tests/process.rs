@@ -304,6 +304,31 @@ async fn log_level_follows_flag_then_environment() {
         loud.contains("shoal agent started") && loud.contains("DEBUG"),
         "--log-level debug wins:\n{loud}"
     );
+    // RUST_LOG-style lists: a default level and targets of their own.
+    let c = dir.path().join("shoal.toml");
+    let listed = tokio::task::spawn_blocking(move || agent_stderr(&c, Some("error,shoal::agent=info"), "warn"))
+        .await
+        .unwrap();
+    assert!(
+        listed.contains("shoal agent started") && !listed.contains("DEBUG"),
+        "shoal::agent=info shows the agent's info lines:\n{listed}"
+    );
+    let c = dir.path().join("shoal.toml");
+    let muted = tokio::task::spawn_blocking(move || agent_stderr(&c, Some("info,shoal::agent=warn"), "warn"))
+        .await
+        .unwrap();
+    assert!(
+        !muted.contains("shoal agent started"),
+        "shoal::agent=warn hides them:\n{muted}"
+    );
+    let c = dir.path().join("shoal.toml");
+    let bad = tokio::task::spawn_blocking(move || agent_stderr(&c, Some("shoal=loud"), "warn"))
+        .await
+        .unwrap();
+    assert!(
+        bad.contains("invalid log level \"shoal=loud\"") && bad.contains("shoal agent started"),
+        "an invalid filter is named and info used instead:\n{bad}"
+    );
 }
 
 /// Runs `shoal [--log-level flag] agent` with `LOG_LEVEL=env` for a moment, stops it with
