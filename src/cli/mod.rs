@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::agent;
@@ -243,21 +243,53 @@ fn init_logging(flag: Option<&str>) {
         .or_else(|| std::env::var("LOG_LEVEL").ok().filter(|s| !s.is_empty()))
         .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "info".to_string());
-    let normalized = match spec.to_ascii_lowercase().as_str() {
-        "warning" => "warn".to_string(),
-        "fatal" | "critical" => "error".to_string(),
-        s if ["trace", "debug", "info", "warn", "error", "off"].contains(&s) => s.to_string(),
-        _ => spec.clone(),
-    };
-    let filter = normalized.parse::<Targets>().unwrap_or_else(|e| {
+    let filter = log_filter(&spec).unwrap_or_else(|e| {
         eprintln!("warning: invalid log level {spec:?} ({e}); using info");
         Targets::new().with_default(tracing::Level::INFO)
     });
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
-        .finish()
-        .with(filter)
-        .try_init();
+    let _ = log_subscriber(filter, std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init();
+}
+
+/// Parses a log level or filter list.
+fn log_filter(spec: &str) -> Result<Targets, tracing_subscriber::filter::ParseError> {
+    match spec.to_ascii_lowercase().as_str() {
+        "warning" => "warn".parse(),
+        "fatal" | "critical" => "error".parse(),
+        s if ["trace", "debug", "info", "warn", "error", "off"].contains(&s) => s.parse(),
+        _ => spec.parse(),
+    }
+}
+
+/// Lines to stderr, filtered by `filter`. The filter is the formatting layer's own, so the
+/// subscriber's maximum level is the filter's: below it, `tracing` and `log` macros (quinn and
+/// rustls log per packet) return before building an event. A filter layered over an
+/// unfiltered subscriber would leave the maximum at TRACE.
+fn log_subscriber(filter: Targets, ansi: bool) -> impl tracing::Subscriber + Send + Sync {
+    tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_filter(filter),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::level_filters::LevelFilter;
+
+    fn max_level(spec: &str) -> Option<LevelFilter> {
+        tracing::Subscriber::max_level_hint(&log_subscriber(log_filter(spec).unwrap(), false))
+    }
+
+    #[test]
+    fn the_subscriber_goes_no_lower_than_its_filter() {
+        assert_eq!(max_level("warn"), Some(LevelFilter::WARN));
+        assert_eq!(max_level("WARNING"), Some(LevelFilter::WARN));
+        assert_eq!(max_level("fatal"), Some(LevelFilter::ERROR));
+        assert_eq!(max_level("info"), Some(LevelFilter::INFO));
+        assert_eq!(max_level("warn,shoal::membership=debug"), Some(LevelFilter::DEBUG));
+        assert_eq!(max_level("off"), Some(LevelFilter::OFF));
+        assert!(log_filter("shoal=loud").is_err());
+    }
 }
