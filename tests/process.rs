@@ -289,42 +289,37 @@ async fn log_level_follows_flag_then_environment() {
     );
     let config = dir.path().join("shoal.toml");
     std::fs::write(&config, toml).unwrap();
-    let c = config.clone();
-    let quiet = tokio::task::spawn_blocking(move || agent_stderr(&c, None, "warn"))
-        .await
-        .unwrap();
+    // Each run is `shoal [--log-level flag] agent` with LOG_LEVEL=warn.
+    let stderr = |flag: Option<&'static str>| {
+        let c = config.clone();
+        async move {
+            tokio::task::spawn_blocking(move || agent_stderr(&c, flag, "warn"))
+                .await
+                .unwrap()
+        }
+    };
+    let quiet = stderr(None).await;
     assert!(
         !quiet.contains("shoal agent started"),
         "LOG_LEVEL=warn hides info:\n{quiet}"
     );
-    let loud = tokio::task::spawn_blocking(move || agent_stderr(&config, Some("debug"), "warn"))
-        .await
-        .unwrap();
+    let loud = stderr(Some("debug")).await;
     assert!(
         loud.contains("shoal agent started") && loud.contains("DEBUG"),
         "--log-level debug wins:\n{loud}"
     );
     // RUST_LOG-style lists: a default level and targets of their own.
-    let c = dir.path().join("shoal.toml");
-    let listed = tokio::task::spawn_blocking(move || agent_stderr(&c, Some("error,shoal::agent=info"), "warn"))
-        .await
-        .unwrap();
+    let listed = stderr(Some("error,shoal::agent=info")).await;
     assert!(
         listed.contains("shoal agent started") && !listed.contains("DEBUG"),
         "shoal::agent=info shows the agent's info lines:\n{listed}"
     );
-    let c = dir.path().join("shoal.toml");
-    let muted = tokio::task::spawn_blocking(move || agent_stderr(&c, Some("info,shoal::agent=warn"), "warn"))
-        .await
-        .unwrap();
+    let muted = stderr(Some("info,shoal::agent=warn")).await;
     assert!(
         !muted.contains("shoal agent started"),
         "shoal::agent=warn hides them:\n{muted}"
     );
-    let c = dir.path().join("shoal.toml");
-    let bad = tokio::task::spawn_blocking(move || agent_stderr(&c, Some("shoal=loud"), "warn"))
-        .await
-        .unwrap();
+    let bad = stderr(Some("shoal=loud")).await;
     assert!(
         bad.contains("invalid log level \"shoal=loud\"") && bad.contains("shoal agent started"),
         "an invalid filter is named and info used instead:\n{bad}"
