@@ -32,12 +32,10 @@ impl NamedZone {
 
     /// Looks `name` up in `db`.
     pub fn lookup_in(db: &TimeZoneDatabase, name: &str) -> Option<NamedZone> {
-        // Names are plain paths below the database root; refuse anything else before it
-        // reaches the filesystem-backed lookup.
-        let plain = !name.is_empty()
-            && name.len() <= MAX_ZONE_NAME
+        // Names are plain relative paths below the database root (no empty part, so neither
+        // empty nor absolute); refuse anything else before it reaches the lookup.
+        let plain = name.len() <= MAX_ZONE_NAME
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
-            && !name.starts_with('/')
             && name.split('/').all(|part| !part.is_empty());
         if !plain {
             return None;
@@ -67,7 +65,7 @@ impl NamedZone {
         ZoneOffset {
             zone: self.clone(),
             // tzdata offsets stay within ±15 h; chrono's range is ±24 h.
-            fixed: FixedOffset::east_opt(seconds).unwrap_or(FixedOffset::east_opt(0).expect("0 is in range")),
+            fixed: FixedOffset::east_opt(seconds).unwrap_or_else(|| chrono::Utc.fix()),
         }
     }
 }
