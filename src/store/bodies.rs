@@ -27,6 +27,12 @@ pub const CHUNK_SIZE: usize = 256 * 1024;
 /// largest record, so every record body is in the database.
 pub const SMALL_BODY_MAX: u64 = 64 * 1024;
 
+/// A large body is hashed and written in pieces of this size. A QUIC stream hands over about
+/// one packet (~1.4 KB) at a time; hashed and written at that size, blake3 cannot hash chunks
+/// in parallel and ext4 zeroes the rest of each block it starts, which together took about a
+/// fifth of the machine while a 10 MiB file spread over 30 agents.
+pub const WRITE_PIECE: usize = 64 * 1024;
+
 /// Prefix of a body file still being written (removed at start if a crash left one).
 const PARTIAL_PREFIX: &str = ".partial-";
 
@@ -72,10 +78,15 @@ fn chunk_key(hash: &[u8; 32], index: u32) -> [u8; 36] {
 
 /// Where a body being written goes.
 enum Sink {
-    /// A small body, stored in the database when complete.
+    /// A small body, stored in the database when complete (and hashed then, in one go).
     Memory(Vec<u8>),
-    /// A large body's partial file.
-    File { file: std::fs::File, partial: PathBuf },
+    /// A large body's partial file, and bytes not yet hashed and written to it (less than
+    /// [`WRITE_PIECE`] between calls).
+    File {
+        file: std::fs::File,
+        partial: PathBuf,
+        pending: Vec<u8>,
+    },
 }
 
 /// Writes one body. See the module documentation.
@@ -95,10 +106,21 @@ impl BodyWriter {
         if self.received + data.len() as u64 > self.size {
             return Err(BodyError::TooLong(self.size));
         }
-        self.hasher.update(data);
         match &mut self.sink {
             Sink::Memory(buf) => buf.extend_from_slice(data),
-            Sink::File { file, .. } => file.write_all(data)?,
+            // A piece that is large by itself skips the copy.
+            Sink::File { file, pending, .. } if pending.is_empty() && data.len() >= WRITE_PIECE => {
+                self.hasher.update(data);
+                file.write_all(data)?;
+            }
+            Sink::File { file, pending, .. } => {
+                pending.extend_from_slice(data);
+                if pending.len() >= WRITE_PIECE {
+                    self.hasher.update(pending);
+                    file.write_all(pending)?;
+                    pending.clear();
+                }
+            }
         }
         self.received += data.len() as u64;
         Ok(())
@@ -116,6 +138,15 @@ impl BodyWriter {
                 got: self.received,
                 expected: self.size,
             });
+        }
+        match &mut self.sink {
+            Sink::Memory(buf) => {
+                self.hasher.update(buf);
+            }
+            Sink::File { file, pending, .. } => {
+                self.hasher.update(pending);
+                file.write_all(pending)?;
+            }
         }
         if *self.hasher.finalize().as_bytes() != self.hash {
             return Err(BodyError::HashMismatch);
@@ -264,7 +295,11 @@ impl Store {
             let _ = std::fs::remove_file(&partial);
             return Err(e);
         }
-        Ok(Sink::File { file, partial })
+        Ok(Sink::File {
+            file,
+            partial,
+            pending: Vec::with_capacity(WRITE_PIECE + 2 * 1024),
+        })
     }
 
     /// The size of a complete stored body.
@@ -411,6 +446,51 @@ mod tests {
             let back: Vec<u8> = store.body_chunks(&hash).flat_map(|c| c.unwrap().to_vec()).collect();
             assert_eq!(back, data);
         }
+    }
+
+    #[test]
+    fn bodies_written_in_packet_sized_and_mixed_pieces_are_stored_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = body(WRITE_PIECE * 5 + 777);
+        let hash = *blake3::hash(&data).as_bytes();
+        // Packet-sized pieces, then a large piece while some are pending, then a large piece
+        // with none pending, then packet-sized pieces up to an unaligned end.
+        let cuts = [
+            1_400,
+            2_800,
+            WRITE_PIECE + 5_000,
+            2 * WRITE_PIECE,
+            4 * WRITE_PIECE + 100,
+        ];
+        let mut w = store.body_writer(hash, data.len() as u64).unwrap();
+        let mut from = 0;
+        for &to in &cuts {
+            for piece in data[from..to].chunks(1_400) {
+                w.write(piece).unwrap();
+            }
+            from = to;
+        }
+        w.write(&data[from..WRITE_PIECE * 5]).unwrap();
+        for piece in data[WRITE_PIECE * 5..].chunks(100) {
+            w.write(piece).unwrap();
+        }
+        assert_eq!(w.received(), data.len() as u64);
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(store.body_path(&hash).unwrap()).unwrap(), data);
+
+        // A damaged byte still waiting in the last piece is caught by the hash at the end.
+        let mut damaged = data.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        let other = *blake3::hash(&data[1..]).as_bytes();
+        let mut w = store.body_writer(other, damaged.len() as u64 - 1).unwrap();
+        for piece in damaged[1..].chunks(1_400) {
+            w.write(piece).unwrap();
+        }
+        assert!(matches!(w.finish(), Err(BodyError::HashMismatch)));
+        assert_eq!(store.body_path(&other), None);
+        let left: Vec<_> = std::fs::read_dir(&store.bodies_dir).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "only the first body's file: {left:?}");
     }
 
     #[test]
