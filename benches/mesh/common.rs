@@ -43,6 +43,10 @@ impl Opts {
     }
 }
 
+/// Unit of a time in ms that is only a lower bound: the thing measured had not happened when
+/// the harness stopped waiting. Printed as "> …", and ratios against it as "< …".
+pub const AT_LEAST_MS: &str = "ms or more";
+
 /// One figure of one tool at one mesh size.
 #[derive(Debug, Clone)]
 pub struct Row {

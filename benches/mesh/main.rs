@@ -23,6 +23,7 @@
 //!      SHOAL_MESH_SUSPECT_TIMEOUT=2500ms (shoal's [cluster] suspect_timeout; default: its own 2.5 s)
 //!      SHOAL_MESH_BIN=path (another shoal build to run as the agents; default: this one's)
 //!      SHOAL_MESH_VERBOSE=1 (progress of slow phases on stderr)
+//!      SHOAL_MESH_SYNCTHING_JOIN_SECS=300 (Syncthing: limit of a simultaneous start; see syncthing.rs)
 
 mod common;
 mod serf;
@@ -126,7 +127,11 @@ fn print_table(n: usize, rows: &[Row], tools: &[String]) {
         let ours = find(m, "shoal");
         for p in &peers {
             match (ours, find(m, p)) {
-                (Some(a), Some(b)) if b.value > 0.0 => line.push_str(&format!(" {:.2} |", a.value / b.value)),
+                (Some(a), Some(b)) if b.value > 0.0 => {
+                    // Against a lower bound of the peer's, the ratio is an upper bound.
+                    let bound = if b.unit == common::AT_LEAST_MS { "< " } else { "" };
+                    line.push_str(&format!(" {bound}{:.2} |", a.value / b.value))
+                }
                 _ => line.push_str(" |"),
             }
         }
@@ -147,6 +152,7 @@ pub fn tool_name(selector: &str) -> String {
 
 fn fmt(r: &Row) -> String {
     match r.unit {
+        common::AT_LEAST_MS => format!("> {:.0} s", r.value / 1000.0),
         "ms" if r.value >= 1000.0 => format!("{:.2} s", r.value / 1000.0),
         "ms" => format!("{:.0} ms", r.value),
         "%" => format!("{:.2} %", r.value),
