@@ -172,6 +172,31 @@ fn reconciliation(c: &mut Criterion) {
     });
 }
 
+/// Receiving a large body as a QUIC stream hands it over: in packet-sized pieces, each hashed
+/// and written to the body file (the store buffers them into larger pieces), then checked and
+/// renamed into place. The body is removed again after each run (included in the time).
+fn bodies(c: &mut Criterion) {
+    const SIZE: usize = 1 << 20;
+    const PACKET: usize = 1_400;
+    let dir = tempfile::tempdir().unwrap();
+    let store = shoal::store::Store::open(dir.path()).unwrap();
+    let body: Vec<u8> = (0..SIZE).map(|i| (i * 31 % 251) as u8).collect();
+    let hash = *blake3::hash(&body).as_bytes();
+    c.bench_function(
+        "body receive, 1 MiB in 1400 B pieces (hash, write, rename, remove)",
+        |b| {
+            b.iter(|| {
+                let mut w = store.body_writer(hash, SIZE as u64).unwrap();
+                for piece in body.chunks(PACKET) {
+                    w.write(black_box(piece)).unwrap();
+                }
+                w.finish().unwrap();
+                store.remove_body(&hash).unwrap();
+            })
+        },
+    );
+}
+
 /// Signing and verifying a batch of 64 items (one reconciliation turn's worth): one by one, as
 /// the agent does (strict verification), and with ed25519-dalek's batch verification, to know
 /// what switching would gain.
@@ -334,6 +359,7 @@ criterion_group!(
     items,
     batches,
     wire_messages,
-    reconciliation
+    reconciliation,
+    bodies
 );
 criterion_main!(benches);
