@@ -21,7 +21,7 @@
 //!      SHOAL_MESH_LOSS_SECS=60  SHOAL_MESH_LOSS_PERCENT=10  SHOAL_MESH_PARTITION_SECS=30
 //!      SHOAL_MESH_CATCHUP_RECORDS=10000  SHOAL_MESH_CATCHUP_MIB=10
 //!      SHOAL_MESH_SUSPECT_TIMEOUT=2500ms (shoal's [cluster] suspect_timeout; default: its own 2.5 s)
-//!      SHOAL_MESH_BIN=path (another shoal build to run as the agents; default: this one's)
+//!      SHOAL_MESH_BIN=path (another shoal build to run as the agents; default: a copy of this one's)
 //!      SHOAL_MESH_VERBOSE=1 (progress of slow phases on stderr)
 //!      SHOAL_MESH_SYNCTHING_JOIN_SECS=300 (Syncthing: limit of a simultaneous start; see syncthing.rs)
 

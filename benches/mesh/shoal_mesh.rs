@@ -1,4 +1,5 @@
-//! shoal side of the mesh bench: every agent a separate `shoal agent` process (release build)
+//! shoal side of the mesh bench: every agent a separate `shoal agent` process (release build,
+//! run from a copy made once per run, see [`agent_binary`])
 //! with production defaults (probe 1 s, suspicion 2.5 s, anti-entropy 30 s), as operators run it.
 //!
 //! Observation: join and small-record propagation by polling every agent's HTTP API (every
@@ -388,12 +389,28 @@ impl Mesh {
     }
 }
 
+/// The binary agents run: SHOAL_MESH_BIN as given (another build under the same harness), or
+/// else a copy of this build, made once per run, as a package manager installs it. Serf and
+/// Syncthing run from their installed packages; run straight from the linker's output instead,
+/// an idle agent's RSS was ~2 MiB higher (BENCHMARKS.md, fifth round: the pages of a file as
+/// LLD wrote it sit differently in the page cache, and more of them get mapped).
+fn agent_binary() -> PathBuf {
+    static INSTALLED: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    if let Some(bin) = std::env::var_os("SHOAL_MESH_BIN") {
+        return bin.into();
+    }
+    let (_, bin) = INSTALLED.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("shoal-mesh-bin-").tempdir().unwrap();
+        let bin = dir.path().join("shoal");
+        std::fs::copy(env!("CARGO_BIN_EXE_shoal"), &bin).unwrap();
+        (dir, bin)
+    });
+    bin.clone()
+}
+
 fn spawn_agent(config: &Path, state: &Path) -> Child {
     let log = std::fs::File::create(state.join("agent.log")).unwrap();
-    // SHOAL_MESH_BIN runs another build of the agent (say, other profile settings) under the
-    // same harness.
-    let bin = std::env::var_os("SHOAL_MESH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_shoal").into());
-    Command::new(bin)
+    Command::new(agent_binary())
         .args(["agent", "--config"])
         .arg(config)
         .env("LOG_LEVEL", "warn")
