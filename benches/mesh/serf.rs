@@ -485,9 +485,10 @@ pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<
     }
 
     // Kill victims come from the end and never include the seeds; stop victims are the other
-    // non-seeds, so a kill measurement never starts on a member that was just suspected.
+    // non-seeds, so a kill measurement never starts on a member that was just suspected. One
+    // non-seed is always left for the stops (as in shoal's harness).
     let kills = if opts.wants("kill") {
-        opts.kills.min(n.saturating_sub(2))
+        opts.kills.min(n.saturating_sub(3))
     } else {
         0
     };

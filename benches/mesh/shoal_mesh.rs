@@ -301,18 +301,10 @@ impl Mesh {
                 // the probe period foca waits for indirect acks); the first down verdict comes
                 // one suspicion timeout later; the last is that verdict's dissemination.
                 let suspects = self.verdicts("node_suspect", &all, Some(&key), t0).await;
-                let span = |v: &[f64]| {
-                    let mut v: Vec<f64> = v.iter().map(|t| (t - t0) / 1000.0).collect();
-                    v.sort_by(f64::total_cmp);
-                    match (v.first(), v.get(v.len() / 2), v.last()) {
-                        (Some(a), Some(m), Some(z)) => format!("{a:.2}/{m:.2}/{z:.2} s ({})", v.len()),
-                        _ => "none".into(),
-                    }
-                };
                 eprintln!(
                     "shoal bench: kill of {key}: suspect first/median/last {}, down {}",
-                    span(&suspects),
-                    span(&verdicts)
+                    span(&suspects, t0),
+                    span(&verdicts, t0)
                 );
                 return Duration::from_secs_f64((last - t0).max(0.0) / 1000.0);
             }
@@ -332,9 +324,16 @@ impl Mesh {
         unsafe { libc::kill(pid, libc::SIGCONT) };
         tokio::time::sleep(AFTERMATH).await;
         let others: Vec<usize> = (0..self.agents.len()).filter(|i| *i != victim).collect();
-        self.down_verdicts(&others, Some(&self.agents[victim].key), t0)
-            .await
-            .len()
+        let key = self.agents[victim].key;
+        let verdicts = self.down_verdicts(&others, Some(&key), t0).await;
+        // Whether a verdict was near: how long after the stop the others suspected it.
+        let suspects = self.verdicts("node_suspect", &others, Some(&key), t0).await;
+        eprintln!(
+            "shoal bench: SIGSTOP {secs} s of {key}: suspect first/median/last {}, down {}",
+            span(&suspects, t0),
+            span(&verdicts, t0)
+        );
+        verdicts.len()
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -406,6 +405,16 @@ fn agent_binary() -> PathBuf {
         (dir, bin)
     });
     bin.clone()
+}
+
+/// First, median and last of Unix-ms times `v`, in seconds after `t0`, and how many.
+fn span(v: &[f64], t0: f64) -> String {
+    let mut v: Vec<f64> = v.iter().map(|t| (t - t0) / 1000.0).collect();
+    v.sort_by(f64::total_cmp);
+    match (v.first(), v.get(v.len() / 2), v.last()) {
+        (Some(a), Some(m), Some(z)) => format!("{a:.2}/{m:.2}/{z:.2} s ({})", v.len()),
+        _ => "none".into(),
+    }
 }
 
 fn spawn_agent(config: &Path, state: &Path) -> Child {
