@@ -389,10 +389,10 @@ impl Mesh {
 }
 
 /// The binary agents run: SHOAL_MESH_BIN as given (another build under the same harness), or
-/// else a copy of this build, made once per run, as a package manager installs it. Serf and
-/// Syncthing run from their installed packages; run straight from the linker's output instead,
-/// an idle agent's RSS was ~2 MiB higher (BENCHMARKS.md, fifth round: the pages of a file as
-/// LLD wrote it sit differently in the page cache, and more of them get mapped).
+/// else a copy of this build, made once per run, as a package manager installs it: Serf and
+/// Syncthing run from their installed packages too. (The fifth round measured ~2 MiB more idle
+/// RSS from the linker's output than from a copy; the sixth saw the copy at the same figure,
+/// so the copy is for realism, not for the number.)
 fn agent_binary() -> PathBuf {
     static INSTALLED: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
     if let Some(bin) = std::env::var_os("SHOAL_MESH_BIN") {
