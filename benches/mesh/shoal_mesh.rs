@@ -392,19 +392,24 @@ impl Mesh {
 /// else a copy of this build, made once per run, as a package manager installs it: Serf and
 /// Syncthing run from their installed packages too. (The fifth round measured ~2 MiB more idle
 /// RSS from the linker's output than from a copy; the sixth saw the copy at the same figure,
-/// so the copy is for realism, not for the number.)
+/// so the copy is for realism, not for the number.) The copy lives in cargo's scratch
+/// directory for benches, replaced by rename, so agents of another run still executing the
+/// previous copy keep it and nothing is left behind in /tmp.
 fn agent_binary() -> PathBuf {
-    static INSTALLED: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     if let Some(bin) = std::env::var_os("SHOAL_MESH_BIN") {
         return bin.into();
     }
-    let (_, bin) = INSTALLED.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("shoal-mesh-bin-").tempdir().unwrap();
-        let bin = dir.path().join("shoal");
-        std::fs::copy(env!("CARGO_BIN_EXE_shoal"), &bin).unwrap();
-        (dir, bin)
-    });
-    bin.clone()
+    INSTALLED
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let bin = dir.join("shoal-mesh-agent");
+            let staged = dir.join(format!("shoal-mesh-agent.{}", std::process::id()));
+            std::fs::copy(env!("CARGO_BIN_EXE_shoal"), &staged).unwrap();
+            std::fs::rename(&staged, &bin).unwrap();
+            bin
+        })
+        .clone()
 }
 
 /// First, median and last of Unix-ms times `v`, in seconds after `t0`, and how many.

@@ -110,14 +110,12 @@ impl BodyWriter {
             Sink::Memory(buf) => buf.extend_from_slice(data),
             // A piece that is large by itself skips the copy.
             Sink::File { file, pending, .. } if pending.is_empty() && data.len() >= WRITE_PIECE => {
-                self.hasher.update(data);
-                file.write_all(data)?;
+                hash_and_write(&mut self.hasher, file, data)?;
             }
             Sink::File { file, pending, .. } => {
                 pending.extend_from_slice(data);
                 if pending.len() >= WRITE_PIECE {
-                    self.hasher.update(pending);
-                    file.write_all(pending)?;
+                    hash_and_write(&mut self.hasher, file, pending)?;
                     pending.clear();
                 }
             }
@@ -143,10 +141,7 @@ impl BodyWriter {
             Sink::Memory(buf) => {
                 self.hasher.update(buf);
             }
-            Sink::File { file, pending, .. } => {
-                self.hasher.update(pending);
-                file.write_all(pending)?;
-            }
+            Sink::File { file, pending, .. } => hash_and_write(&mut self.hasher, file, pending)?,
         }
         if *self.hasher.finalize().as_bytes() != self.hash {
             return Err(BodyError::HashMismatch);
@@ -173,6 +168,12 @@ impl BodyWriter {
         self.done = true;
         Ok(())
     }
+}
+
+/// Adds `bytes` to a large body's hash and its partial file.
+fn hash_and_write(hasher: &mut blake3::Hasher, file: &mut std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    hasher.update(bytes);
+    file.write_all(bytes)
 }
 
 impl Drop for BodyWriter {
@@ -298,6 +299,7 @@ impl Store {
         Ok(Sink::File {
             file,
             partial,
+            // Room for the packet that crosses the piece boundary, so the buffer never grows.
             pending: Vec::with_capacity(WRITE_PIECE + 2 * 1024),
         })
     }
