@@ -258,3 +258,94 @@ async fn both_halves_of_a_partition_keep_working_and_converge_after_healing() {
         a.shutdown().await;
     }
 }
+
+/// Waits until every agent holds `name` at `version` (a delete or content alike), and on disk
+/// the content `expected` (None: no file).
+async fn at_version(agents: &[shoal::agent::AgentHandle], name: &str, version: u64, expected: Option<&[u8]>) {
+    for a in agents {
+        let path = a.files_dir().join(name);
+        eventually(
+            Duration::from_secs(10),
+            &format!("{} holds {name} at version {version}", a.name),
+            || {
+                let held = a
+                    .replication()
+                    .files()
+                    .iter()
+                    .find(|f| f.meta.key.to_string() == format!("file/{name}"))
+                    .map(|f| f.meta.version);
+                held == Some(version) && std::fs::read(&path).ok().as_deref() == expected
+            },
+        )
+        .await;
+    }
+}
+
+/// Only the push path can deliver here: anti-entropy rounds are an hour apart, and the test
+/// checks that no session started while it ran. Every kind of change must reach all ten:
+/// small files (inline), larger ones (announced, bodies fetched), a version whose body every
+/// node already holds (announced, nothing to fetch), and deletes (tombstones, no body at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_and_reuploads_reach_all_ten_nodes_by_push_alone() {
+    let net = TestNetwork::new();
+    let agents = cluster_with(&net, 10, |mut c| {
+        c.replication.anti_entropy_interval = Duration::from_secs(3600);
+        c
+    })
+    .await;
+    // Sessions a member's arrival triggers are over once nobody has started one for a while.
+    let started = || -> u64 {
+        agents
+            .iter()
+            .map(|a| {
+                a.replication()
+                    .stats()
+                    .syncs_started
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    };
+    let mut before = started();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = started();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let large: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let version = |body: &serde_json::Value| body["version"].as_u64().expect("version in answer");
+    for round in 0..3usize {
+        let origin = agents[(round * 3 + 1) % agents.len()].http_addr;
+        let small = format!("round = {round}\n").into_bytes();
+        let (status, body) = upload(origin, &net, "app.conf", &small, &net.signer).await;
+        assert_eq!(status, 200, "{body}");
+        at_version(&agents, "app.conf", version(&body), Some(&small)).await;
+
+        let (status, body) = delete(origin, &net, "app.conf", &net.signer).await;
+        assert_eq!(status, 200, "{body}");
+        at_version(&agents, "app.conf", version(&body), None).await;
+
+        let (status, body) = upload(origin, &net, "big.bin", &large, &net.signer).await;
+        assert_eq!(status, 200, "{body}");
+        at_version(&agents, "big.bin", version(&body), Some(&large)).await;
+
+        // The same bytes again at a new version: every node already holds the body.
+        let (status, body) = upload(origin, &net, "big.bin", &large, &net.alt_signer).await;
+        assert_eq!(status, 200, "{body}");
+        at_version(&agents, "big.bin", version(&body), Some(&large)).await;
+
+        let (status, body) = delete(origin, &net, "big.bin", &net.signer).await;
+        assert_eq!(status, 200, "{body}");
+        at_version(&agents, "big.bin", version(&body), None).await;
+    }
+    assert_eq!(
+        started(),
+        before,
+        "an anti-entropy session ran, so the push path was not alone"
+    );
+    for a in agents {
+        a.shutdown().await;
+    }
+}

@@ -301,8 +301,11 @@ impl Actor {
         }
         self.hlc.observe(item.item.meta.version);
         if self.body_ready(&item) {
-            // Inline broadcast items are already being passed on by foca.
-            self.commit(item, source, false).await;
+            // Complete broadcast items are already being passed on by foca; an announcement
+            // whose body this node already holds (the same bytes under a new version, or
+            // another name) is passed on from here, as it would be after a fetch.
+            let announce = source == Source::Broadcast && !super::filter::passed_on_at_once(&item);
+            self.commit(item, source, announce).await;
             return Ok(());
         }
         if self.pending.len() >= MAX_PENDING_ITEMS && !self.pending.contains_key(&key) {

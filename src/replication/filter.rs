@@ -115,7 +115,7 @@ impl BroadcastFilter for ItemFilter {
         if !self.remember(digest) {
             return None;
         }
-        let inline = verified.content.is_some();
+        let relay = passed_on_at_once(&verified);
         let key = broadcast_key(&verified.item);
         let offer = Command::Offer {
             item: verified,
@@ -128,8 +128,17 @@ impl BroadcastFilter for ItemFilter {
         }
         // Items with their content travel on at once; announcements are passed on by the
         // replication task once it holds the body, so that every announcer can serve it.
-        inline.then_some(key)
+        relay.then_some(key)
     }
+}
+
+/// Whether a broadcast item is complete as it arrives, so foca passes it on at once: it
+/// carries its content, or it is a delete, which has none. Anything else is an announcement
+/// the replication task passes on once it holds the body; a delete judged that way (it has no
+/// body to fetch, so it was committed straight away and never announced) reached only the
+/// origin's own gossip targets, and the rest of the mesh waited for anti-entropy.
+pub(crate) fn passed_on_at_once(item: &super::policy::Verified) -> bool {
+    item.content.is_some() || item.item.meta.deleted
 }
 
 #[cfg(test)]
