@@ -280,7 +280,11 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
     if let Some(cert) = &certificate {
         check_own_certificate(cert, key, config_path)?;
     }
-    let name = node_name(&config, certificate.as_ref().map(|c| c.name.as_str()), key);
+    let bound_name = certificate.as_ref().map(|c| c.name.as_str()).or_else(|| {
+        let own = config.network.trusted_nodes.iter().find(|t| t.key == key)?;
+        own.name.as_deref()
+    });
+    let name = node_name(&config, bound_name, key);
 
     let store = Store::open(&state_dir)?;
     let generation = store.next_generation(unix_now())?;
@@ -298,9 +302,9 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             source,
         })?;
 
-    let admission = Arc::new(Admission::new(
+    let admission = Arc::new(Admission::with_names(
         config.network.network_key,
-        config.network.trusted_nodes.iter().copied(),
+        config.network.trusted_nodes.iter().map(|t| (t.key, t.name.clone())),
     ));
     let claims = Claims {
         name: name.clone(),
@@ -316,7 +320,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         },
         &secret,
         &claims,
-        admission,
+        admission.clone(),
         inbox_tx,
     )?;
     let cluster_addr = match advertise_addr(&config, transport.local_addr()) {
@@ -369,7 +373,13 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         }
     };
     let events = crate::events::EventLog::open(&store)?;
-    let events_task = crate::events::spawn(events.clone(), membership.clone(), replication.clone());
+    let (names, names_task) = crate::names::spawn(
+        admission.clone(),
+        membership.clone(),
+        replication.clone(),
+        events.clone(),
+    );
+    let events_task = crate::events::spawn(events.clone(), membership.clone(), replication.clone(), names.clone());
     let counters = Arc::new(crate::metrics::Counters::default());
     let jobs = crate::schedules::jobs::JobStore::open(&store)?;
     let (schedules, schedules_task) = crate::schedules::spawn(crate::schedules::SchedulerContext {
@@ -396,6 +406,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         generation,
         started_at_ms,
         webhooks: crate::notify::hook_ids(&config),
+        network_cert: certificate.as_ref().map(|c| c.to_bytes()),
     };
     if let Ok(content) = crate::codec::encode(&info) {
         replication.publish(RecordKind::NodeInfo, content).await;
@@ -436,6 +447,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             reloader.stop().await;
             reload_task.abort();
             events_task.abort();
+            names_task.abort();
             schedules_task.abort();
             return Err(AgentError::Http {
                 addr: config.http.listen,
@@ -459,6 +471,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         }),
         membership: membership.clone(),
         replication: replication.clone(),
+        names,
         events: events.clone(),
         forget_after: config.health.forget_after,
         schedules: schedules.clone(),
@@ -493,7 +506,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         replication_task,
         schedules,
         reloader,
-        side_tasks: vec![events_task, schedules_task, reload_task],
+        side_tasks: vec![events_task, names_task, schedules_task, reload_task],
         membership_task,
         join_task,
         http_task,
@@ -532,9 +545,10 @@ fn check_own_certificate(
     Ok(())
 }
 
-/// Name precedence: the certificate's, then `[node] name`, then the hostname.
-fn node_name(config: &Config, cert_name: Option<&str>, key: PublicKey) -> String {
-    if let Some(n) = cert_name {
+/// Name precedence: the one bound to our key (by our certificate, or our `trusted_nodes`
+/// entry), then `[node] name`, then the hostname.
+fn node_name(config: &Config, bound_name: Option<&str>, key: PublicKey) -> String {
+    if let Some(n) = bound_name {
         return n.to_string();
     }
     if let Some(n) = &config.node.name {

@@ -6,6 +6,7 @@
 //! - [`store`]: the sled database under the state directory;
 //! - [`transport`]: QUIC with mutual TLS bound to node keys;
 //! - [`membership`]: SWIM (foca) over QUIC datagrams, joining and rejoining;
+//! - [`names`]: which node is shown under which name (bindings, conflicts, lookups);
 //! - [`http`]: the local JSON API;
 //! - [`agent`]: wiring, start and shutdown;
 //! - [`cli`]: the `shoal` command line.
@@ -21,6 +22,7 @@ pub mod http;
 pub mod identity;
 pub mod membership;
 pub mod metrics;
+pub mod names;
 pub mod notify;
 pub mod reload;
 pub mod replication;

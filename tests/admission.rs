@@ -55,7 +55,7 @@ async fn unadmitted_agents_cannot_join_and_refusals_are_logged_with_reasons() {
         keys[i].save(&state.join("node.key"), false).unwrap();
         let mut c = Config::for_test(&state);
         c.node.name = Some(format!("allow{i}"));
-        c.network.trusted_nodes = trusted.to_vec();
+        c.network.trusted_nodes = trusted.iter().map(|k| (*k).into()).collect();
         c
     };
     let listed = [keys[0].public(), keys[1].public()];

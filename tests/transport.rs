@@ -116,7 +116,7 @@ async fn garbage_and_spoofed_swim_packets_from_an_admitted_peer_change_nothing()
     let agent_key = SecretKey::generate();
     agent_key.save(&dir.path().join("node.key"), false).unwrap();
     let mut config = shoal::config::Config::for_test(dir.path());
-    config.network.trusted_nodes = vec![raw_key.public()];
+    config.network.trusted_nodes = vec![raw_key.public().into()];
     let agent = start(config).await;
     let (raw, _inbox) = transport(&raw_key, &[&agent_key], Duration::from_secs(30));
     let to = target(&agent_key, agent.cluster_addr);

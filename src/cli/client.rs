@@ -34,8 +34,15 @@ impl Reply {
         serde_json::from_slice(&self.bytes).map_err(|e| format!("invalid response from the agent: {e}"))
     }
 
-    /// "message (reason)" from an error body.
+    /// "message (reason)" from an error body, with the candidates of an ambiguous lookup.
     pub fn error(&self) -> String {
+        if let Ok(a) = serde_json::from_slice::<api::Ambiguous>(&self.bytes) {
+            let mut out = format!("{} ({})", a.error, a.reason);
+            for c in a.candidates {
+                out.push_str(&format!("\n  {}  {}", c.key, c.name.as_deref().unwrap_or("-")));
+            }
+            return out;
+        }
         match serde_json::from_slice::<api::ApiError>(&self.bytes) {
             Ok(e) => match e.reason {
                 Some(r) => format!("{} ({r})", e.error),
@@ -158,9 +165,13 @@ pub async fn members(args: &ClientArgs) -> i32 {
         .map(|m| {
             vec![
                 format!(
-                    "{}{}",
+                    "{}{}{}",
                     m.name.clone().unwrap_or_else(|| "?".into()),
-                    if m.local { " *" } else { "" }
+                    if m.local { " *" } else { "" },
+                    m.name_conflict
+                        .as_ref()
+                        .map(|c| format!(" (claims {c})"))
+                        .unwrap_or_default()
                 ),
                 m.key.short(),
                 m.addr.to_string(),
@@ -178,4 +189,14 @@ pub async fn members(args: &ClientArgs) -> i32 {
         render(&["NAME", "KEY", "ADDRESS", "STATE", "SINCE", "INCARNATION"], &rows)
     );
     0
+}
+
+/// Percent-encodes a query or path value.
+pub(super) fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

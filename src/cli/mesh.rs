@@ -22,8 +22,63 @@ fn human_bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec_short().to_string()
 }
 
-/// `shoal nodes`.
-pub async fn nodes(args: &ClientArgs) -> i32 {
+/// Arguments of `shoal nodes`.
+#[derive(Debug, clap::Args)]
+pub struct NodesArgs {
+    /// Show only this node: the name it holds, its base64 key, or a prefix of the key.
+    node: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// `shoal nodes [NODE]`.
+pub async fn nodes(args: &NodesArgs) -> i32 {
+    match &args.node {
+        Some(node) => one_node(&args.client, node).await,
+        None => all_nodes(&args.client).await,
+    }
+}
+
+/// `shoal nodes NODE`: one node's identity and latest report.
+async fn one_node(args: &ClientArgs, node: &str) -> i32 {
+    let path = format!("/api/nodes/{}", super::client::encode(node));
+    let n: api::NodeView = match fetch(args, &path).await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let state = n
+        .state
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| "gone".into());
+    let mut rows = vec![
+        ("name", n.name.clone().unwrap_or_else(|| n.key.short())),
+        ("key", n.key.to_string()),
+        ("state", state),
+        ("address", n.addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())),
+    ];
+    if let Some(claimed) = &n.name_conflict {
+        rows.push((
+            "conflict",
+            format!("claims the name {claimed}, which another key holds"),
+        ));
+    }
+    if let Some(r) = &n.report {
+        let status = serde_json::to_value(r.status)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        rows.push(("status", status));
+        rows.push(("version", r.version.clone()));
+        rows.push(("report", format!("{} ago", human_secs(n.report_age_secs.unwrap_or(0)))));
+    }
+    for (k, v) in rows {
+        println!("{k:<9} {v}");
+    }
+    0
+}
+
+async fn all_nodes(args: &ClientArgs) -> i32 {
     let list: api::Nodes = match fetch(args, "/api/nodes").await {
         Ok(v) => v,
         Err(code) => return code,
@@ -40,9 +95,13 @@ pub async fn nodes(args: &ClientArgs) -> i32 {
                 None => "gone".into(),
             };
             let name = format!(
-                "{}{}",
+                "{}{}{}",
                 n.name.clone().unwrap_or_else(|| n.key.short()),
-                if n.local { " *" } else { "" }
+                if n.local { " *" } else { "" },
+                n.name_conflict
+                    .as_ref()
+                    .map(|c| format!(" (claims {c})"))
+                    .unwrap_or_default()
             );
             let Some(r) = &n.report else {
                 return vec![

@@ -70,8 +70,8 @@ enum Command {
     Status(client::ClientArgs),
     /// List cluster members as the local agent sees them.
     Members(client::ClientArgs),
-    /// Every node's health: status, version, uptime, load, memory, disk, checks.
-    Nodes(client::ClientArgs),
+    /// Every node's health: status, version, uptime, load, memory, disk, checks; or one node's.
+    Nodes(mesh::NodesArgs),
     /// Recent events (joins, failures, recoveries, checks); --follow to watch them live.
     Events(mesh::EventsArgs),
     /// Every node's backup schedules, grouped by node.

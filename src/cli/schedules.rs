@@ -201,10 +201,10 @@ fn describe(j: &api::JobView) -> String {
 pub async fn jobs(args: &JobsArgs) -> i32 {
     let mut query = vec![format!("limit={}", args.limit)];
     if let Some(n) = &args.node {
-        query.push(format!("node={}", encode(n)));
+        query.push(format!("node={}", super::client::encode(n)));
     }
     if let Some(s) = &args.schedule {
-        query.push(format!("schedule={}", encode(s)));
+        query.push(format!("schedule={}", super::client::encode(s)));
     }
     let list: api::JobList = match fetch(&args.client, &format!("/api/jobs?{}", query.join("&"))).await {
         Ok(v) => v,
@@ -241,7 +241,7 @@ pub async fn job(command: &JobCommand) -> i32 {
     match command {
         JobCommand::Log { id, client } => print_log(client, id).await,
         JobCommand::Show { id, client } => {
-            match get::<api::JobView>(client, &format!("/api/jobs/{}", encode(id))).await {
+            match get::<api::JobView>(client, &format!("/api/jobs/{}", super::client::encode(id))).await {
                 Ok((job, raw)) => {
                     if client.json {
                         print_json(&raw);
@@ -267,7 +267,7 @@ pub async fn job(command: &JobCommand) -> i32 {
 }
 
 async fn print_log(client: &ClientArgs, id: &str) -> i32 {
-    match get::<api::JobLogView>(client, &format!("/api/jobs/{}/log", encode(id))).await {
+    match get::<api::JobLogView>(client, &format!("/api/jobs/{}/log", super::client::encode(id))).await {
         Ok((log, raw)) => {
             if client.json {
                 print_json(&raw);
@@ -290,14 +290,4 @@ async fn print_log(client: &ClientArgs, id: &str) -> i32 {
             1
         }
     }
-}
-
-/// Percent-encodes a query or path value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

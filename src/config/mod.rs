@@ -8,7 +8,7 @@
 mod expand;
 pub mod schedules;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -422,12 +422,66 @@ pub struct NetworkConfig {
     pub certificate: Option<String>,
     /// Or: a file holding it.
     pub certificate_file: Option<PathBuf>,
-    /// Keys admitted without a certificate.
+    /// Keys admitted without a certificate: a bare key, or `{ key = "...", name = "web-1" }`,
+    /// which also binds the name to that key (no other key can be shown under it).
     #[serde(default)]
-    pub trusted_nodes: Vec<PublicKey>,
+    pub trusted_nodes: Vec<TrustedNode>,
     /// Name of the mesh when it has no network key (allowlist only): every node of one mesh
     /// must use the same name, since signed items bind it. Default "shoal".
     pub name: Option<String>,
+}
+
+/// One `trusted_nodes` entry: a key admitted without a certificate, with the name bound to it
+/// if the entry gives one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedNode {
+    /// The admitted key.
+    pub key: PublicKey,
+    /// The name bound to it, if any.
+    pub name: Option<String>,
+}
+
+impl From<PublicKey> for TrustedNode {
+    fn from(key: PublicKey) -> Self {
+        TrustedNode { key, name: None }
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedNode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = TrustedNode;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a base64 public key, or a table { key = \"...\", name = \"...\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TrustedNode, E> {
+                Ok(TrustedNode::from(v.parse::<PublicKey>().map_err(E::custom)?))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TrustedNode, A::Error> {
+                use serde::de::Error;
+                let (mut key, mut name) = (None, None);
+                while let Some(field) = map.next_key::<String>()? {
+                    match field.as_str() {
+                        "key" => {
+                            key = Some(
+                                map.next_value::<String>()?
+                                    .parse::<PublicKey>()
+                                    .map_err(A::Error::custom)?,
+                            )
+                        }
+                        "name" => name = Some(map.next_value::<String>()?),
+                        other => return Err(A::Error::unknown_field(other, &["key", "name"])),
+                    }
+                }
+                Ok(TrustedNode {
+                    key: key.ok_or_else(|| A::Error::missing_field("key"))?,
+                    name,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// `[http]` section.
@@ -556,6 +610,27 @@ impl Config {
                 "network_key",
                 "no admission configured: set network_key and certificate (see `shoal network new` and `shoal cert sign`), or trusted_nodes".into(),
             ));
+        }
+        let mut keys = HashSet::new();
+        let mut names = HashMap::new();
+        for t in &net.trusted_nodes {
+            if !keys.insert(t.key) {
+                return Err(invalid(
+                    "network",
+                    "trusted_nodes",
+                    format!("{} is listed twice", t.key),
+                ));
+            }
+            if let Some(name) = &t.name {
+                validate_node_name(name).map_err(|e| invalid("network", "trusted_nodes", e.to_string()))?;
+                if let Some(other) = names.insert(name.clone(), t.key) {
+                    return Err(invalid(
+                        "network",
+                        "trusted_nodes",
+                        format!("name {name} is bound to two keys, {other} and {}", t.key),
+                    ));
+                }
+            }
         }
         if net.certificate.is_some() && net.certificate_file.is_some() {
             return Err(invalid(
@@ -894,7 +969,6 @@ fn locate(text: &str, section: &str, key: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(
@@ -913,6 +987,35 @@ mod tests {
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:7331");
         assert_eq!(c.key_file(), PathBuf::from("/var/lib/shoal/node.key"));
         assert_eq!(c.cluster.probe_period, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn trusted_nodes_take_bare_keys_and_named_entries() {
+        let k1 = "Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=";
+        let k2 = crate::identity::SecretKey::generate().public().to_string();
+        let c = parse(&format!(
+            "[network]\ntrusted_nodes = [{{ key = \"{k1}\", name = \"web-1\" }}, \"{k2}\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.network.trusted_nodes[0].name.as_deref(), Some("web-1"));
+        assert_eq!(c.network.trusted_nodes[0].key.to_string(), k1);
+        assert_eq!(c.network.trusted_nodes[1].name, None);
+        for (entries, expect) in [
+            (
+                format!("{{ key = \"{k1}\", name = \"a\" }}, {{ key = \"{k2}\", name = \"a\" }}"),
+                "bound to two keys",
+            ),
+            (format!("\"{k1}\", {{ key = \"{k1}\", name = \"a\" }}"), "listed twice"),
+            (format!("{{ key = \"{k1}\", name = \"bad name\" }}"), "trusted_nodes"),
+            (format!("{{ key = \"{k1}\", nmae = \"a\" }}"), "unknown field `nmae`"),
+            ("{ name = \"a\" }".to_string(), "missing field `key`"),
+            ("{ key = \"abc\", name = \"a\" }".to_string(), "invalid public key"),
+        ] {
+            let err = parse(&format!("[network]\ntrusted_nodes = [{entries}]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect) && err.contains("line 2"), "{entries}: {err}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ struct Deriver {
     reports: HashMap<PublicKey, HealthReport>,
     /// Per node, the failed jobs already reported (those still in its schedules record).
     jobs_seen: HashMap<PublicKey, HashSet<u64>>,
-    names: HashMap<PublicKey, String>,
+    names: crate::names::NamesHandle,
 }
 
 /// Starts the task that derives events until the agent stops.
@@ -41,6 +41,7 @@ pub fn spawn(
     log: Arc<EventLog>,
     membership: MembershipHandle,
     replication: ReplicationHandle,
+    names: crate::names::NamesHandle,
 ) -> tokio::task::JoinHandle<()> {
     let mut d = Deriver {
         log,
@@ -48,7 +49,7 @@ pub fn spawn(
         members: HashMap::new(),
         reports: HashMap::new(),
         jobs_seen: HashMap::new(),
-        names: HashMap::new(),
+        names,
     };
     // Start from the current state without events for it.
     let mut snapshots = membership.subscribe();
@@ -81,13 +82,9 @@ pub fn spawn(
 }
 
 impl Deriver {
+    /// The name `key` holds (none while it claims one another key holds).
     fn name_of(&mut self, key: &PublicKey) -> Option<String> {
-        if let Some(n) = self.names.get(key) {
-            return Some(n.clone());
-        }
-        let info: crate::replication::records::NodeInfo = self.replication.record(key, RecordKind::NodeInfo)?;
-        self.names.insert(*key, info.name.clone());
-        Some(info.name)
+        self.names.borrow().name(key).map(str::to_string)
     }
 
     fn emit(
@@ -121,9 +118,6 @@ impl Deriver {
 
     fn observe_members(&mut self, snapshot: &Snapshot, emit: bool) {
         for m in snapshot.members.iter().filter(|m| !m.local) {
-            if let Some(name) = &m.name {
-                self.names.insert(m.id.key, name.clone());
-            }
             let identity = [m.id.generation.to_be_bytes().as_slice(), &m.id.bump.to_be_bytes()].concat();
             let previous = self.members.get(&m.id.key).map(|s| (s.id.clone(), s.state, s.down));
             let (kind, down) = match (previous, m.state) {

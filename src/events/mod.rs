@@ -48,6 +48,8 @@ pub enum EventKind {
     CheckOk,
     /// A job failed, timed out or was cut off.
     JobFailed,
+    /// A node claims a name another key holds (see [`crate::names`]).
+    NameConflict,
 }
 
 impl EventKind {
@@ -64,11 +66,12 @@ impl EventKind {
             EventKind::CheckFailing => "check_failing",
             EventKind::CheckOk => "check_ok",
             EventKind::JobFailed => "job_failed",
+            EventKind::NameConflict => "name_conflict",
         }
     }
 
     /// Every kind.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::NodeJoined,
         EventKind::NodeRestarted,
         EventKind::NodeSuspect,
@@ -79,6 +82,7 @@ impl EventKind {
         EventKind::CheckFailing,
         EventKind::CheckOk,
         EventKind::JobFailed,
+        EventKind::NameConflict,
     ];
 }
 

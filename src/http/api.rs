@@ -57,8 +57,11 @@ pub struct Members {
 /// One member.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
-    /// Name from its certificate; null until this node has talked to it.
+    /// The name it holds (see [`NodeView::name`]).
     pub name: Option<String>,
+    /// The name it claims but does not hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_conflict: Option<String>,
     /// Node key.
     pub key: PublicKey,
     /// Cluster address.
@@ -78,6 +81,26 @@ pub struct Member {
     pub swim_incarnation: u16,
     /// Whether this is the node answering.
     pub local: bool,
+}
+
+/// Body of a 409 answer to a lookup that matches several nodes.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Ambiguous {
+    /// What went wrong.
+    pub error: String,
+    /// Always `ambiguous`.
+    pub reason: String,
+    /// The nodes it matches.
+    pub candidates: Vec<Candidate>,
+}
+
+/// One node an ambiguous lookup matched.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Candidate {
+    /// Its key.
+    pub key: PublicKey,
+    /// The name it holds, if any.
+    pub name: Option<String>,
 }
 
 /// Body of every error response.
@@ -179,8 +202,13 @@ pub struct Nodes {
 /// One node as this node knows it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
-    /// Name, from its certificate or its node record.
+    /// The name it holds (bound by its certificate or an allowlist entry, or claimed and not
+    /// contested); null when it has none or claims one another key holds.
     pub name: Option<String>,
+    /// The name it claims but does not hold (another key holds it); it is shown under its
+    /// key's short form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_conflict: Option<String>,
     /// Key.
     pub key: PublicKey,
     /// Its state in this node's membership view; null once forgotten by membership.

@@ -23,8 +23,6 @@ use base64::Engine;
 use crate::identity::PublicKey;
 use crate::membership::{MembershipHandle, Snapshot};
 use crate::replication::ReplicationHandle;
-use crate::replication::item::RecordKind;
-use crate::replication::records::NodeInfo;
 
 /// Facts about the local node that do not change while it runs.
 #[derive(Debug, Clone)]
@@ -52,6 +50,8 @@ pub struct ApiState {
     pub membership: MembershipHandle,
     /// Replicated state.
     pub replication: ReplicationHandle,
+    /// Who is called what.
+    pub names: crate::names::NamesHandle,
     /// The event log.
     pub events: std::sync::Arc<crate::events::EventLog>,
     /// Nodes with no report newer than this are not listed (`[health] forget_after`).
@@ -140,7 +140,8 @@ async fn members(State(state): State<ApiState>) -> Json<api::Members> {
         .members
         .iter()
         .map(|m| api::Member {
-            name: m.name.clone().or_else(|| node_name(&state.replication, &m.id.key)),
+            name: node_name(&state, &m.id.key),
+            name_conflict: state.names.borrow().conflict(&m.id.key).map(str::to_string),
             key: m.id.key,
             addr: m.id.addr,
             state: m.state,
@@ -186,11 +187,9 @@ async fn replication(State(state): State<ApiState>) -> Json<api::Replication> {
     })
 }
 
-/// A node's name from its replicated node-info record.
-pub(crate) fn node_name(replication: &ReplicationHandle, node: &PublicKey) -> Option<String> {
-    replication
-        .record::<NodeInfo>(node, RecordKind::NodeInfo)
-        .map(|i| i.name)
+/// The name a node holds (see [`crate::names`]): none while it claims one another key holds.
+pub(crate) fn node_name(state: &ApiState, node: &PublicKey) -> Option<String> {
+    state.names.borrow().name(node).map(str::to_string)
 }
 
 async fn not_found() -> Response {

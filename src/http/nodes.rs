@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::files::Failure;
@@ -14,6 +15,7 @@ use super::{ApiState, api};
 use crate::health::report::HealthReport;
 use crate::identity::PublicKey;
 use crate::membership::MemberState;
+use crate::names::Lookup;
 use crate::replication::item::{ItemKey, RecordKind};
 
 /// Events returned by one `GET /api/events` at most.
@@ -26,16 +28,15 @@ pub(super) fn reports(state: &ApiState) -> HashMap<PublicKey, HealthReport> {
 fn all_nodes(state: &ApiState) -> Vec<api::NodeView> {
     let now = crate::time::unix_ms();
     let snapshot = state.membership.snapshot();
+    let names = state.names.borrow().clone();
     let mut reports = reports(state);
     let mut nodes: BTreeMap<PublicKey, api::NodeView> = BTreeMap::new();
     for m in &snapshot.members {
         nodes.insert(
             m.id.key,
             api::NodeView {
-                name: m
-                    .name
-                    .clone()
-                    .or_else(|| super::node_name(&state.replication, &m.id.key)),
+                name: names.name(&m.id.key).map(str::to_string),
+                name_conflict: names.conflict(&m.id.key).map(str::to_string),
                 key: m.id.key,
                 state: Some(m.state),
                 up: m.state == MemberState::Alive,
@@ -56,7 +57,8 @@ fn all_nodes(state: &ApiState) -> Vec<api::NodeView> {
         nodes.insert(
             key,
             api::NodeView {
-                name: super::node_name(&state.replication, &key),
+                name: names.name(&key).map(str::to_string),
+                name_conflict: names.conflict(&key).map(str::to_string),
                 key,
                 state: None,
                 up: false,
@@ -107,17 +109,60 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<api::Nodes> {
     })
 }
 
-#[utoipa::path(get, path = "/api/nodes/{name}", tag = "mesh", params(("name" = String, Path, description = "Node name or base64 key")), responses((status = 200, body = api::NodeView), (status = 404, description = "No such node", body = api::ApiError)))]
-/// `GET /api/nodes/{name}`: by name, or by base64 key.
+/// Why a lookup of a node found no single one.
+pub(super) enum NotOne {
+    /// Nothing matches.
+    None(String),
+    /// A key prefix several nodes share.
+    Several(api::Ambiguous),
+}
+
+impl IntoResponse for NotOne {
+    fn into_response(self) -> Response {
+        match self {
+            NotOne::None(query) => {
+                Failure::new(StatusCode::NOT_FOUND, format!("no node named {query}")).into_response()
+            }
+            NotOne::Several(a) => (StatusCode::CONFLICT, Json(a)).into_response(),
+        }
+    }
+}
+
+/// Finds one node by the name it holds, its base64 key or a prefix of it, among `known`.
+pub(super) fn find(state: &ApiState, query: &str, known: &[PublicKey]) -> Result<PublicKey, NotOne> {
+    let names = state.names.borrow().clone();
+    match names.lookup(query, known) {
+        Lookup::Found(k) => Ok(k),
+        Lookup::NotFound => Err(NotOne::None(query.to_string())),
+        Lookup::Ambiguous(keys) => Err(NotOne::Several(api::Ambiguous {
+            error: format!("{query} matches {} nodes; give more of the key", keys.len()),
+            reason: "ambiguous".into(),
+            candidates: keys
+                .into_iter()
+                .map(|key| api::Candidate {
+                    key,
+                    name: names.name(&key).map(str::to_string),
+                })
+                .collect(),
+        })),
+    }
+}
+
+#[utoipa::path(get, path = "/api/nodes/{name}", tag = "mesh", params(("name" = String, Path, description = "The name a node holds, its base64 key, or a prefix of the key")), responses((status = 200, body = api::NodeView), (status = 404, description = "No such node", body = api::ApiError), (status = 409, description = "A key prefix several nodes share", body = api::Ambiguous)))]
+/// `GET /api/nodes/{name}`: by the name a node holds, its base64 key, or a key prefix. A node
+/// that claims a name another key holds is found only by its key.
 pub(super) async fn one(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<api::NodeView>, Failure> {
-    all_nodes(&state)
+) -> Result<Json<api::NodeView>, NotOne> {
+    let nodes = all_nodes(&state);
+    let keys: Vec<PublicKey> = nodes.iter().map(|n| n.key).collect();
+    let key = find(&state, &name, &keys)?;
+    nodes
         .into_iter()
-        .find(|n| n.name.as_deref() == Some(name.as_str()) || n.key.to_string() == name)
+        .find(|n| n.key == key)
         .map(Json)
-        .ok_or_else(|| Failure::new(StatusCode::NOT_FOUND, format!("no node named {name}")))
+        .ok_or(NotOne::None(name))
 }
 
 #[utoipa::path(get, path = "/api/graph", tag = "mesh", responses((status = 200, description = "Nodes and directed edges (each side's view of the other: state, RTT)", body = api::Graph)))]

@@ -78,9 +78,7 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<api::ScheduleLis
         .map(|(key, record)| {
             let member = snapshot.members.iter().find(|m| m.id.key == key);
             let local = key == state.facts.key;
-            let name = member
-                .and_then(|m| m.name.clone())
-                .or_else(|| super::node_name(&state.replication, &key));
+            let name = super::node_name(&state, &key);
             let schedules: Vec<api::ScheduleView> = record
                 .schedules
                 .iter()
@@ -172,33 +170,32 @@ pub(super) struct JobsQuery {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/api/jobs", tag = "schedules", params(JobsQuery), responses((status = 200, description = "Jobs, newest first: this node's history, other nodes' latest", body = api::JobList), (status = 404, description = "Unknown node", body = api::ApiError)))]
+#[utoipa::path(get, path = "/api/jobs", tag = "schedules", params(JobsQuery), responses((status = 200, description = "Jobs, newest first: this node's history, other nodes' latest", body = api::JobList), (status = 404, description = "No node of that name has published schedules", body = api::ApiError), (status = 409, description = "A key prefix several nodes share", body = api::Ambiguous)))]
 pub(super) async fn jobs(
     State(state): State<ApiState>,
     Query(q): Query<JobsQuery>,
-) -> Result<Json<api::JobList>, Failure> {
+) -> Result<Json<api::JobList>, super::nodes::NotOne> {
     let limit = q.limit.unwrap_or(100).min(MAX_JOBS_PER_REQUEST);
-    let wanted = |key: &PublicKey, name: &Option<String>| {
-        q.node
-            .as_ref()
-            .is_none_or(|n| name.as_deref() == Some(n.as_str()) || key.to_string() == *n)
+    let published = records(&state);
+    let only = match &q.node {
+        Some(n) => {
+            let mut known: Vec<PublicKey> = published.iter().map(|(k, _)| *k).collect();
+            known.push(state.facts.key);
+            Some(super::nodes::find(&state, n, &known)?)
+        }
+        None => None,
     };
+    let wanted = |key: &PublicKey| only.is_none_or(|o| o == *key);
     let mut jobs = Vec::new();
-    let local_name = Some(state.facts.name.clone());
-    if wanted(&state.facts.key, &local_name) {
+    if wanted(&state.facts.key) {
         let list = state.schedules.jobs().list(q.schedule.as_deref(), limit);
         jobs.extend(list.iter().map(|j| local_view(&state, j)));
     }
-    let mut known = false;
-    for (key, record) in records(&state) {
-        if key == state.facts.key {
+    for (key, record) in published {
+        if key == state.facts.key || !wanted(&key) {
             continue;
         }
-        let name = super::node_name(&state.replication, &key);
-        if !wanted(&key, &name) {
-            continue;
-        }
-        known = true;
+        let name = super::node_name(&state, &key);
         for s in record
             .schedules
             .iter()
@@ -213,15 +210,6 @@ pub(super) async fn jobs(
                 jobs.push(view(at, j));
             }
         }
-    }
-    if let Some(n) = &q.node
-        && !known
-        && !wanted(&state.facts.key, &local_name)
-    {
-        return Err(Failure::new(
-            StatusCode::NOT_FOUND,
-            format!("no node named {n} has published schedules"),
-        ));
     }
     jobs.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(b.id.cmp(&a.id)));
     jobs.truncate(limit);
@@ -252,7 +240,7 @@ fn parse(id: &str) -> Result<JobRef, Failure> {
 
 /// Asks `node` for job `seq`, bounded by [`JOB_FETCH_TIMEOUT`], with errors a person can act on.
 async fn fetch(state: &ApiState, node: PublicKey, seq: u64, log: bool) -> Result<crate::rpc::JobReply, Failure> {
-    let name = super::node_name(&state.replication, &node).unwrap_or_else(|| node.short());
+    let name = super::node_name(state, &node).unwrap_or_else(|| node.short());
     let snapshot = state.membership.snapshot();
     let member = snapshot.members.iter().find(|m| m.id.key == node);
     let target = match member {
@@ -298,7 +286,7 @@ pub(super) async fn job(State(state): State<ApiState>, Path(id): Path<String>) -
         return Ok(Json(local_view(&state, &j)));
     }
     let node = node_of(&state, &job)?;
-    let name = super::node_name(&state.replication, &node);
+    let name = super::node_name(&state, &node);
     if let Some(record) = record_of(&state, &node) {
         for s in &record.schedules {
             if let Some(j) = s.recent.iter().find(|j| j.seq == job.seq) {
@@ -335,7 +323,7 @@ pub(super) async fn log(
         let node = node_of(&state, &job)?;
         let reply = fetch(&state, node, job.seq, true).await?;
         let j = reply.job.ok_or_else(|| not_found(&job))?;
-        let name = super::node_name(&state.replication, &node);
+        let name = super::node_name(&state, &node);
         let at = At {
             node,
             node_name: &name,

@@ -1,6 +1,6 @@
 //! The admission policy: may a peer with this key (and maybe this certificate) talk to us?
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use super::cert::NodeCertificate;
 use super::keys::PublicKey;
@@ -76,8 +76,11 @@ fn fmt_time(secs: u64) -> String {
 /// How a peer got in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admitted {
-    /// Its key is in `trusted_nodes`.
-    Allowlist,
+    /// Its key is in `trusted_nodes`, with the name that entry binds to it, if any.
+    Allowlist {
+        /// Name bound by the allowlist entry.
+        name: Option<String>,
+    },
     /// It holds a valid certificate from our network; the name is the certificate's.
     Certificate {
         /// Name vouched for by the network.
@@ -89,16 +92,35 @@ pub enum Admitted {
 #[derive(Debug, Clone, Default)]
 pub struct Admission {
     network_key: Option<PublicKey>,
-    trusted: HashSet<PublicKey>,
+    /// Admitted keys, each with the name its entry binds, if any.
+    trusted: HashMap<PublicKey, Option<String>>,
 }
 
 impl Admission {
     /// A policy admitting holders of certificates from `network_key` and keys in `trusted`.
     pub fn new(network_key: Option<PublicKey>, trusted: impl IntoIterator<Item = PublicKey>) -> Self {
+        Self::with_names(network_key, trusted.into_iter().map(|k| (k, None)))
+    }
+
+    /// Like [`Admission::new`], with a name bound to some of the trusted keys.
+    pub fn with_names(
+        network_key: Option<PublicKey>,
+        trusted: impl IntoIterator<Item = (PublicKey, Option<String>)>,
+    ) -> Self {
         Admission {
             network_key,
             trusted: trusted.into_iter().collect(),
         }
+    }
+
+    /// Whether `key` is in the allowlist, and the name its entry binds.
+    pub fn trusted(&self, key: &PublicKey) -> Option<Option<&str>> {
+        self.trusted.get(key).map(|n| n.as_deref())
+    }
+
+    /// Names bound by allowlist entries, with their keys.
+    pub fn bound_names(&self) -> impl Iterator<Item = (&str, PublicKey)> {
+        self.trusted.iter().filter_map(|(k, n)| Some((n.as_deref()?, *k)))
     }
 
     /// The network key, if certificates are in use.
@@ -109,8 +131,8 @@ impl Admission {
     /// Decides whether `peer_key`, which proved possession of its secret key in the TLS
     /// handshake, is admitted at Unix time `now`.
     pub fn check(&self, peer_key: &PublicKey, cert: Option<&NodeCertificate>, now: u64) -> Result<Admitted, Refusal> {
-        if self.trusted.contains(peer_key) {
-            return Ok(Admitted::Allowlist);
+        if let Some(name) = self.trusted.get(peer_key) {
+            return Ok(Admitted::Allowlist { name: name.clone() });
         }
         let (Some(ours), Some(cert)) = (self.network_key, cert) else {
             return Err(Refusal::NotAdmitted);
@@ -184,7 +206,7 @@ mod tests {
         let a = SecretKey::generate().public();
         let b = SecretKey::generate().public();
         let policy = Admission::new(None, [a]);
-        assert_eq!(policy.check(&a, None, 0), Ok(Admitted::Allowlist));
+        assert_eq!(policy.check(&a, None, 0), Ok(Admitted::Allowlist { name: None }));
         assert_eq!(policy.check(&b, None, 0), Err(Refusal::NotAdmitted));
         // A certificate means nothing without a configured network key.
         let net = SecretKey::generate();

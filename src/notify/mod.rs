@@ -162,6 +162,12 @@ fn claim_of(event: &Event) -> Claim {
             kind: RecordKind::Schedules,
             version: event.version,
         },
+        // Another node that holds the claimant's node record sees the same claim.
+        EventKind::NameConflict => Claim::Record {
+            node: event.node,
+            kind: RecordKind::NodeInfo,
+            version: event.version,
+        },
     }
 }
 

@@ -19,4 +19,7 @@ pub struct NodeInfo {
     pub started_at_ms: u64,
     /// Webhooks it has configured, as [`crate::notify::hook_id`]s (never the URLs).
     pub webhooks: Vec<[u8; 16]>,
+    /// Its network certificate, so that nodes that never shook hands with it can check the
+    /// name it claims against the network's signature (see [`crate::names`]).
+    pub network_cert: Option<Vec<u8>>,
 }

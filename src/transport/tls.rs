@@ -150,7 +150,9 @@ pub fn inspect_peer(der: &[u8], admission: &Admission, now: u64) -> Result<PeerI
     let admitted = admission.check(&key, network_cert.as_ref(), now)?;
     let name = match &admitted {
         Admitted::Certificate { name } => name.clone(),
-        Admitted::Allowlist => claims.name.clone(),
+        // A name the allowlist binds to this key is its name, whatever it claims.
+        Admitted::Allowlist { name: Some(name) } => name.clone(),
+        Admitted::Allowlist { name: None } => claims.name.clone(),
     };
     Ok(PeerInfo {
         key,

@@ -73,6 +73,8 @@ function bytes(n) {
 function time(ms) { return h('time', { datetime: new Date(ms).toISOString(), title: abs(ms) }, rel(ms)); }
 
 function badge(text, kind) { return h('span', { class: 'badge b-' + kind }, text); }
+// A node claiming a name another key holds is listed under its key, marked.
+function conflictBadge(n) { return n.name_conflict ? [' ', badge('claims ' + n.name_conflict, 'warn')] : null; }
 function stateBadge(n) {
   if (!n.state) return badge('gone', 'gone');
   if (n.state === 'alive') return badge('up', 'ok');
@@ -186,7 +188,7 @@ function nodeRow(n) {
   const checks = r ? r.checks : [];
   const failing = checks.filter((c) => c.status === 'failing').length;
   return h('tr', { class: n.up ? 'up' : 'down', 'data-node': nameOf(n), 'data-state': n.up ? 'up' : 'down' },
-    h('th', { scope: 'row' }, h('a', { href: '#/nodes/' + encodeURIComponent(nameOf(n)), 'data-key': 'node-' + n.key }, nameOf(n)), n.local ? ' (this node)' : ''),
+    h('th', { scope: 'row' }, h('a', { href: '#/nodes/' + encodeURIComponent(nameOf(n)), 'data-key': 'node-' + n.key }, nameOf(n)), n.local ? ' (this node)' : '', conflictBadge(n)),
     h('td', {}, stateBadge(n)),
     h('td', {}, r ? badge(r.status, r.status === 'ok' ? 'ok' : 'warn') : '—'),
     h('td', {}, r ? r.version : '—'),
@@ -266,6 +268,7 @@ function nodeDetail(name) {
   return [
     h('p', {}, h('a', { href: '#/nodes' }, '← All nodes')),
     h('h1', {}, nameOf(n), ' ', stateBadge(n)),
+    n.name_conflict ? h('div', { class: 'banner warn', role: 'note' }, 'This node claims the name ' + n.name_conflict + ', which another key holds; it is shown under its own key.') : null,
     n.up ? null : h('div', { class: 'banner warn', role: 'note' }, 'This node is down; what follows is its last report (' + ago(n.report_age_secs) + ').'),
     h('dl', { class: 'kv' },
       h('dt', {}, 'Key'), h('dd', { class: 'mono' }, n.key),
