@@ -202,6 +202,41 @@ impl Mesh {
         version
     }
 
+    /// Deletes file `name` through agent `origin` with a signed tombstone; time until no agent
+    /// has it in its files directory (the window starts before the request is sent, as for an
+    /// upload).
+    async fn delete(&self, origin: usize, name: &str) -> Duration {
+        let version = shoal::replication::hlc::next(shoal::time::unix_ms(), 0);
+        let meta = ItemMeta::file_delete(*self.network.public().as_bytes(), name, self.signer.public(), version);
+        let envelope = shoal::files::envelope::encode(&SignedItem::sign(meta, &self.signer), &[]);
+        let t0 = Instant::now();
+        let resp = self
+            .client
+            .delete(format!("http://{}/api/files/{name}", self.agents[origin].http))
+            .header("content-type", shoal::files::envelope::CONTENT_TYPE)
+            .body(envelope)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "delete of {name} refused: {}",
+            resp.status()
+        );
+        let mut pending: Vec<PathBuf> = self.agents.iter().map(|a| a.state.join("files").join(name)).collect();
+        loop {
+            pending.retain(|p| p.exists());
+            if pending.is_empty() {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(300),
+                "delete of {name} did not reach every agent"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Uploads a small file through agent `origin`; time until every agent's API serves it, and
     /// the last agent to serve it.
     async fn small(&self, origin: usize, rep: usize) -> (Duration, usize) {
@@ -512,6 +547,13 @@ pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<
                 push_latencies(out, n, label, TOOL, &times);
                 mesh.how_items_came(n, prefix, &before).await;
             }
+            // Deleting them: a signed tombstone, which carries no body, from another agent
+            // than the one that uploaded each file.
+            let mut times = Vec::new();
+            for rep in 0..opts.file_reps {
+                times.push(mesh.delete((rep + 1) % n, &format!("f1m-{rep}")).await);
+            }
+            push_latencies(out, n, "file delete to all", TOOL, &times);
         }
         if opts.wants("stop") {
             // Agent 2: not a seed, and not one the kills below take.
