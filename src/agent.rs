@@ -281,6 +281,9 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         check_own_certificate(cert, key, config_path)?;
     }
     let name = node_name(&config, certificate.as_ref().map(|c| c.name.as_str()), key);
+    // Read before anything starts, so an unusable token file fails the start (exit status 2).
+    let api_token = config.api_token(config_path)?;
+    let (access_tx, access_rx) = watch::channel(Arc::new(http::guard::Access::new(&config.http, api_token.as_deref())));
 
     let store = Store::open(&state_dir)?;
     let generation = store.next_generation(unix_now())?;
@@ -412,6 +415,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         counters: counters.clone(),
         schedules: schedules.clone(),
         bootstrap: bootstrap_tx,
+        http_access: access_tx,
         node_info: info,
         local: key,
         started_at_ms,
@@ -464,6 +468,8 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         schedules: schedules.clone(),
         transport: transport.clone(),
         counters,
+        access: access_rx,
+        refusals: Arc::new(http::guard::Refusals::default()),
     });
     let stop = http_stop.clone();
     let http_task = tokio::spawn(async move {
@@ -479,6 +485,9 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         node = %name, key = %key, generation, cluster = %cluster_addr, http = %http_addr,
         "shoal agent started"
     );
+    if let Some(warning) = crate::config::http::exposure_warning(&config.http) {
+        warn!("{warning}");
+    }
     Ok(AgentHandle {
         name,
         key,

@@ -6,6 +6,7 @@
 //! several keys run afterwards and point at the section they concern.
 
 mod expand;
+pub mod http;
 pub mod schedules;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use expand::{Env, ExpandError, ProcessEnv, expand};
+pub use http::{AllowedHost, DEFAULT_HTTP_LISTEN, HttpConfig};
 
 use crate::files::validate_file_name;
 use crate::identity::{NodeCertificate, PublicKey, validate_node_name};
@@ -26,8 +28,6 @@ use crate::identity::{NodeCertificate, PublicKey, validate_node_name};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shoal/shoal.toml";
 /// Default cluster (QUIC/UDP) port.
 pub const DEFAULT_CLUSTER_PORT: u16 = 7946;
-/// Default HTTP listen address.
-pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7331";
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/shoal";
 
@@ -430,27 +430,6 @@ pub struct NetworkConfig {
     pub name: Option<String>,
 }
 
-/// `[http]` section.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address of the local API and dashboard. Default `127.0.0.1:7331` (loopback only).
-    #[serde(default = "default_http_listen")]
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: default_http_listen(),
-        }
-    }
-}
-
-fn default_http_listen() -> SocketAddr {
-    DEFAULT_HTTP_LISTEN.parse().expect("constant address")
-}
-
 /// A `host:port` pair whose host may be a DNS name, resolved when used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPort {
@@ -736,7 +715,27 @@ impl Config {
                 "must be at least twice probe_period".into(),
             ));
         }
+        self.api_token(path).map_err(|e| match e {
+            ConfigError::Invalid { message, .. } => invalid("http", "token_file", message),
+            other => other,
+        })?;
         Ok(())
+    }
+
+    /// The API token from `[http] token_file` (resolved against the config file's
+    /// directory), if one is configured; the file is checked as [`http::read_token`] says.
+    pub fn api_token(&self, config_path: &Path) -> Result<Option<String>, ConfigError> {
+        let Some(file) = &self.http.token_file else {
+            return Ok(None);
+        };
+        http::read_token(&resolve(config_path, file))
+            .map(Some)
+            .map_err(|message| ConfigError::Invalid {
+                path: config_path.to_path_buf(),
+                line: None,
+                key: "http.token_file".into(),
+                message,
+            })
     }
 
     /// This node's certificate, parsed and signature-checked, if one is configured.
@@ -808,6 +807,7 @@ impl Config {
             network: NetworkConfig::default(),
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().expect("constant"),
+                ..HttpConfig::default()
             },
             files: BTreeMap::new(),
             replication: ReplicationSection {
@@ -941,6 +941,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn http_access_settings_are_checked() {
+        let c = parse(&format!(
+            "{ALLOW}[http]\nallowed_hosts = [\"Shoal.example.com\", \"10.0.0.5:7331\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.http.allowed_hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            ["shoal.example.com", "10.0.0.5:7331"]
+        );
+        let err = parse(&format!("{ALLOW}[http]\nallowed_hosts = [\"*\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 4") && err.contains("allowed_hosts") && err.contains("wildcards"),
+            "{err}"
+        );
+        // The token file is read at check time: a missing, empty or world-readable file is
+        // refused with the key and its line.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("shoal.toml");
+        let check = |token: Option<(&str, u32)>| {
+            let file = dir.path().join("api.token");
+            let _ = std::fs::remove_file(&file);
+            if let Some((text, mode)) = token {
+                std::fs::write(&file, text).unwrap();
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            Config::parse(
+                &format!("{ALLOW}[http]\nlisten = \"0.0.0.0:7331\"\ntoken_file = \"api.token\"\n"),
+                &config_path,
+                &HashMap::<String, String>::new(),
+            )
+        };
+        let c = check(Some(("s3cret-token-0123456789\n", 0o600))).unwrap();
+        assert_eq!(
+            c.api_token(&config_path).unwrap().as_deref(),
+            Some("s3cret-token-0123456789")
+        );
+        for (token, says) in [
+            (None, "No such file"),
+            (Some(("\n", 0o600)), "is empty"),
+            (Some(("s3cret-token-0123456789", 0o644)), "chmod o-rwx"),
+        ] {
+            let err = check(token).unwrap_err().to_string();
+            assert!(
+                err.contains("shoal.toml:5") && err.contains("http.token_file") && err.contains(says),
+                "{err}"
+            );
+        }
     }
 
     #[test]
