@@ -544,3 +544,126 @@ async fn a_reload_applies_allowed_hosts_and_a_rotated_token() {
     assert_eq!(run(None).await, 401);
     a.shutdown().await;
 }
+
+/// Runs `shoal args...` with `env` set; returns (exit code, stdout, stderr).
+async fn shoal_with_env(args: Vec<String>, env: Vec<(&'static str, String)>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(shoal_bin())
+            .args(&args)
+            .env_remove("SHOAL_TOKEN_FILE")
+            .env_remove("LOG_LEVEL")
+            .env_remove("RUST_LOG")
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_the_token_from_token_file_or_shoal_token_file() {
+    let net = TestNetwork::new();
+    let mut config = net.config("cli");
+    config.schedules = vec![manual_schedule("tick")];
+    std::fs::create_dir_all(&config.node.state_dir).unwrap();
+    let token = write_token(&config.node.state_dir, TOKEN);
+    config.http.token_file = Some(token.clone());
+    let a = start(config).await;
+    let url = format!("http://{}", a.http_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signer.key");
+    net.signer.save(&key, false).unwrap();
+    let file = dir.path().join("app.conf");
+    std::fs::write(&file, b"port = 1\n").unwrap();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let (f, k, t) = (file.to_str().unwrap(), key.to_str().unwrap(), token.to_str().unwrap());
+
+    // Without it, writes fail and say how to pass it; reads work.
+    for args in [
+        s(&["run", "tick", "--url", &url]),
+        s(&["file", "update", f, "--key-path", k, "--url", &url]),
+    ] {
+        let (code, _, err) = shoal_with_env(args.clone(), vec![]).await;
+        assert_eq!(code, 1, "{args:?}");
+        assert!(err.contains("unauthorized") && err.contains("--token-file"), "{err}");
+    }
+    let (code, out, err) = shoal_with_env(s(&["status", "--url", &url]), vec![]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cli"), "{out}");
+
+    // With the flag, or the environment variable.
+    let (code, out, err) = shoal_with_env(s(&["run", "tick", "--url", &url, "--token-file", t]), vec![]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("started job"), "{out}");
+    let (code, out, err) = shoal_with_env(
+        s(&["file", "update", f, "--key-path", k, "--url", &url]),
+        vec![("SHOAL_TOKEN_FILE", t.to_string())],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("app.conf: version"), "{out}");
+    let (code, _, err) = shoal_with_env(
+        s(&[
+            "file",
+            "delete",
+            "app.conf",
+            "--key-path",
+            k,
+            "--url",
+            &url,
+            "--token-file",
+            t,
+        ]),
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    // An unreadable token file is reported as such.
+    let missing = dir.path().join("missing.token");
+    let (code, _, err) = shoal_with_env(
+        s(&["run", "tick", "--url", &url, "--token-file", missing.to_str().unwrap()]),
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.token"), "{err}");
+    a.shutdown().await;
+}
+
+#[test]
+fn config_check_warns_about_an_api_beyond_loopback_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let allow = "[network]\ntrusted_nodes = [\"Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\"]\n";
+    let check = |name: &str, http: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{allow}[http]\n{http}")).unwrap();
+        run_shoal(&["config", "check", path.to_str().unwrap()])
+    };
+    let (code, out, err) = check("open.toml", "listen = \"0.0.0.0:7331\"\n");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("warning") && out.contains("beyond loopback") && out.contains("token_file"),
+        "{out}"
+    );
+    write_token(dir.path(), TOKEN);
+    let (code, out, err) = check(
+        "locked.toml",
+        "listen = \"0.0.0.0:7331\"\nallowed_hosts = [\"shoal.example.com\"]\ntoken_file = \"api.token\"\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("warning"), "{out}");
+    assert!(out.contains("shoal.example.com") && out.contains("api.token"), "{out}");
+    let (code, _, err) = check(
+        "local.toml",
+        "listen = \"127.0.0.1:7331\"\ntoken_file = \"nope.token\"\n",
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("http.token_file") && err.contains("nope.token"), "{err}");
+}
