@@ -667,3 +667,31 @@ fn config_check_warns_about_an_api_beyond_loopback_without_a_token() {
     assert_eq!(code, 2);
     assert!(err.contains("http.token_file") && err.contains("nope.token"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_the_guard_and_the_envelope_type() {
+    let net = TestNetwork::new();
+    let a = start(net.config("doc")).await;
+    let doc: serde_json::Value = get_json(a.http_addr, "/api/openapi.json").await.unwrap();
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    let paths = &doc["paths"];
+    for (path, method) in [("/api/files/{name}", "put"), ("/api/files/{name}", "delete")] {
+        let op = &paths[path][method];
+        let types = op["requestBody"]["content"].as_object().unwrap();
+        assert_eq!(
+            types.keys().collect::<Vec<_>>(),
+            [shoal::files::envelope::CONTENT_TYPE],
+            "{method} {path} names the type the CLI sends"
+        );
+        assert!(op["responses"]["415"].is_object(), "{method} {path}");
+    }
+    for (path, ops) in paths.as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            assert!(op["responses"]["421"].is_object(), "{method} {path}: 421");
+            let write = method != "get";
+            assert_eq!(op["responses"]["401"].is_object(), write, "{method} {path}: 401");
+            assert_eq!(op["security"].is_array(), write, "{method} {path}: security");
+        }
+    }
+    a.shutdown().await;
+}

@@ -237,7 +237,7 @@ fn refused(state: &ApiState, name: &str, f: Failure) -> Failure {
     f
 }
 
-#[utoipa::path(put, path = "/api/files/{name}", tag = "files", params(("name" = String, Path, description = "File name")), request_body(content = Vec<u8>, content_type = "application/vnd.shoal.envelope", description = "A signed envelope as `shoal file update` builds it: signed item metadata, then the body"), responses((status = 200, description = "Committed", body = api::FileInfo), (status = 400, description = "Malformed envelope", body = api::ApiError), (status = 403, description = "Signer not allowed, or bad signature", body = api::ApiError), (status = 404, description = "Name not in [files]", body = api::ApiError), (status = 409, description = "Not newer than the current version", body = api::ApiError), (status = 413, description = "Too large", body = api::ApiError)))]
+#[utoipa::path(put, path = "/api/files/{name}", tag = "files", params(("name" = String, Path, description = "File name")), request_body(content = Vec<u8>, content_type = "application/vnd.shoal.envelope", description = "A signed envelope as `shoal file update` builds it: signed item metadata, then the body"), responses((status = 200, description = "Committed", body = api::FileInfo), (status = 400, description = "Malformed envelope", body = api::ApiError), (status = 403, description = "Signer not allowed, or bad signature", body = api::ApiError), (status = 404, description = "Name not in [files]", body = api::ApiError), (status = 409, description = "Not newer than the current version", body = api::ApiError), (status = 413, description = "Too large", body = api::ApiError), (status = 415, description = "unsupported_media_type: Content-Type is not application/vnd.shoal.envelope; nothing is read or stored", body = api::ApiError)))]
 pub(super) async fn put(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -268,7 +268,7 @@ pub(super) async fn put(
     Ok(result)
 }
 
-#[utoipa::path(delete, path = "/api/files/{name}", tag = "files", params(("name" = String, Path, description = "File name")), request_body(content = Vec<u8>, content_type = "application/vnd.shoal.envelope", description = "A signed delete (tombstone) envelope"), responses((status = 200, description = "Committed", body = api::FileInfo), (status = 403, description = "Signer not allowed, or bad signature", body = api::ApiError), (status = 404, description = "Name not in [files]", body = api::ApiError), (status = 409, description = "Not newer than the current version", body = api::ApiError)))]
+#[utoipa::path(delete, path = "/api/files/{name}", tag = "files", params(("name" = String, Path, description = "File name")), request_body(content = Vec<u8>, content_type = "application/vnd.shoal.envelope", description = "A signed delete (tombstone) envelope"), responses((status = 200, description = "Committed", body = api::FileInfo), (status = 403, description = "Signer not allowed, or bad signature", body = api::ApiError), (status = 404, description = "Name not in [files]", body = api::ApiError), (status = 409, description = "Not newer than the current version", body = api::ApiError), (status = 415, description = "unsupported_media_type: Content-Type is not application/vnd.shoal.envelope; nothing is read or stored", body = api::ApiError)))]
 pub(super) async fn delete(
     State(state): State<ApiState>,
     Path(name): Path<String>,
