@@ -944,59 +944,6 @@ mod tests {
     }
 
     #[test]
-    fn http_access_settings_are_checked() {
-        let c = parse(&format!(
-            "{ALLOW}[http]\nallowed_hosts = [\"Shoal.example.com\", \"10.0.0.5:7331\"]\n"
-        ))
-        .unwrap();
-        assert_eq!(
-            c.http.allowed_hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-            ["shoal.example.com", "10.0.0.5:7331"]
-        );
-        let err = parse(&format!("{ALLOW}[http]\nallowed_hosts = [\"*\"]\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("line 4") && err.contains("allowed_hosts") && err.contains("wildcards"),
-            "{err}"
-        );
-        // The token file is read at check time: a missing, empty or world-readable file is
-        // refused with the key and its line.
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("shoal.toml");
-        let check = |token: Option<(&str, u32)>| {
-            let file = dir.path().join("api.token");
-            let _ = std::fs::remove_file(&file);
-            if let Some((text, mode)) = token {
-                std::fs::write(&file, text).unwrap();
-                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
-            }
-            Config::parse(
-                &format!("{ALLOW}[http]\nlisten = \"0.0.0.0:7331\"\ntoken_file = \"api.token\"\n"),
-                &config_path,
-                &HashMap::<String, String>::new(),
-            )
-        };
-        let c = check(Some(("s3cret-token-0123456789\n", 0o600))).unwrap();
-        assert_eq!(
-            c.api_token(&config_path).unwrap().as_deref(),
-            Some("s3cret-token-0123456789")
-        );
-        for (token, says) in [
-            (None, "No such file"),
-            (Some(("\n", 0o600)), "is empty"),
-            (Some(("s3cret-token-0123456789", 0o644)), "chmod o-rwx"),
-        ] {
-            let err = check(token).unwrap_err().to_string();
-            assert!(
-                err.contains("shoal.toml:5") && err.contains("http.token_file") && err.contains(says),
-                "{err}"
-            );
-        }
-    }
-
-    #[test]
     fn cross_field_errors_point_at_section() {
         let err = parse("[node]\nname = \"x\"\n").unwrap_err().to_string();
         assert!(
