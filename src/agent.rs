@@ -485,7 +485,12 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         node = %name, key = %key, generation, cluster = %cluster_addr, http = %http_addr,
         "shoal agent started"
     );
-    if let Some(warning) = crate::config::http::exposure_warning(&config.http) {
+    // Named by the address it got (the configured port may be 0).
+    let bound = crate::config::HttpConfig {
+        listen: http_addr,
+        ..config.http.clone()
+    };
+    if let Some(warning) = crate::config::http::exposure_warning(&bound) {
         warn!("{warning}");
     }
     Ok(AgentHandle {

@@ -695,3 +695,23 @@ async fn the_openapi_document_describes_the_guard_and_the_envelope_type() {
     }
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_listening_beyond_loopback_warns_unless_it_has_a_token() {
+    captured_logs();
+    let net = TestNetwork::new();
+    let mut open = net.config("open");
+    open.http.listen = "0.0.0.0:0".parse().unwrap();
+    let mut locked = net.config("locked");
+    locked.http.listen = "0.0.0.0:0".parse().unwrap();
+    std::fs::create_dir_all(&locked.node.state_dir).unwrap();
+    locked.http.token_file = Some(write_token(&locked.node.state_dir, TOKEN));
+    let warning = |addr: SocketAddr| format!("the HTTP API listens on 0.0.0.0:{}, beyond loopback", addr.port());
+    let a = start(open).await;
+    let b = start(locked).await;
+    let logs = logs_text();
+    assert!(logs.contains(&warning(a.http_addr)), "{logs}");
+    assert!(!logs.contains(&warning(b.http_addr)), "{logs}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
