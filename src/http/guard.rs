@@ -62,7 +62,8 @@ impl Access {
     /// Whether a request naming `host` (as [`split_host_port`] returns it) is answered.
     pub fn host_allowed(&self, host: &str, port: Option<u16>) -> bool {
         if host == "localhost" || host.ends_with(".localhost") {
-            // RFC 6761: browsers resolve these to loopback themselves, never through DNS.
+            // RFC 6761 reserves these for loopback: browsers resolve them to it themselves, and no
+            // public DNS serves them, so no one can rebind them.
             return true;
         }
         if let Ok(ip) = host.parse::<IpAddr>() {
