@@ -285,6 +285,9 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         own.name.as_deref()
     });
     let name = node_name(&config, bound_name, key);
+    // Read before anything starts, so an unusable token file fails the start (exit status 2).
+    let api_token = config.api_token(config_path)?;
+    let (access_tx, access_rx) = watch::channel(Arc::new(http::guard::Access::new(&config.http, api_token.as_deref())));
 
     let store = Store::open(&state_dir)?;
     let generation = store.next_generation(unix_now())?;
@@ -423,6 +426,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         counters: counters.clone(),
         schedules: schedules.clone(),
         bootstrap: bootstrap_tx,
+        http_access: access_tx,
         node_info: info,
         local: key,
         started_at_ms,
@@ -477,6 +481,8 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         schedules: schedules.clone(),
         transport: transport.clone(),
         counters,
+        access: access_rx,
+        refusals: Arc::new(http::guard::Refusals::default()),
     });
     let stop = http_stop.clone();
     let http_task = tokio::spawn(async move {
@@ -492,6 +498,14 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         node = %name, key = %key, generation, cluster = %cluster_addr, http = %http_addr,
         "shoal agent started"
     );
+    // Named by the address it got (the configured port may be 0).
+    let bound = crate::config::HttpConfig {
+        listen: http_addr,
+        ..config.http.clone()
+    };
+    if let Some(warning) = crate::config::http::exposure_warning(&bound) {
+        warn!("{warning}");
+    }
     Ok(AgentHandle {
         name,
         key,

@@ -4,8 +4,10 @@
 //! renaming) and also reloads on request (`SIGHUP`, [`ReloadHandle::reload`]). A new file is
 //! parsed and validated as at start; if it is broken the running configuration is kept and the
 //! error logged. Otherwise what can change live is applied: `[files]`, `[[schedules]]`,
-//! `[health]`, `[[notify.webhooks]]` and `[cluster] bootstrap`. Changes to anything else
-//! (addresses, keys, network, timings) are logged as needing a restart.
+//! `[health]`, `[[notify.webhooks]]`, `[cluster] bootstrap` and `[http] allowed_hosts` and
+//! `token_file` (the token file is read again on every reload, so a rotated token applies
+//! with SIGHUP). Changes to anything else (addresses, keys, network, timings) are logged as
+//! needing a restart.
 //!
 //! The task owns the health and notifier tasks, because applying `[health]` or webhooks
 //! restarts them.
@@ -22,6 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, HostPort};
 use crate::events::EventLog;
+use crate::http::guard::Access;
 use crate::identity::PublicKey;
 use crate::membership::MembershipHandle;
 use crate::metrics::Counters;
@@ -37,7 +40,15 @@ pub const REQUEST_CAPACITY: usize = 4;
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Sections applied live, by the name a reload reports.
-pub const LIVE_SECTIONS: [&str; 5] = ["files", "schedules", "health", "notify.webhooks", "cluster.bootstrap"];
+pub const LIVE_SECTIONS: [&str; 7] = [
+    "files",
+    "schedules",
+    "health",
+    "notify.webhooks",
+    "cluster.bootstrap",
+    "http.allowed_hosts",
+    "http.token_file",
+];
 
 /// What a reload did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,6 +110,8 @@ pub struct Reloader {
     pub schedules: SchedulesHandle,
     /// The join task's bootstrap list.
     pub bootstrap: watch::Sender<Vec<HostPort>>,
+    /// What the HTTP guard allows (hosts, token).
+    pub http_access: watch::Sender<Arc<Access>>,
     /// This node's record, republished when its webhooks change.
     pub node_info: NodeInfo,
     /// This node's key.
@@ -223,6 +236,36 @@ fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWa
     Some(watcher)
 }
 
+/// Applies `[http] allowed_hosts` and the token (read again from `token_file`) to the HTTP
+/// guard; the listen address stays as it runs.
+fn apply_http_access(r: &Reloader, old: &Config, done: &mut Applied) {
+    let new = &r.current;
+    let token = match new.api_token(&r.path) {
+        Ok(t) => t,
+        Err(e) => {
+            // Config::load read it a moment ago; it changed since. Keep what runs.
+            error!(error = %e, "the API token cannot be read; the running one is kept");
+            return;
+        }
+    };
+    let mut http = new.http.clone();
+    http.listen = old.http.listen;
+    let access = Access::new(&http, token.as_deref());
+    let running = r.http_access.borrow().clone();
+    if new.http.allowed_hosts != old.http.allowed_hosts {
+        done.applied.push("http.allowed_hosts");
+    }
+    if access.token_differs(&running) {
+        done.applied.push("http.token_file");
+    }
+    if access != *running {
+        r.http_access.send_replace(Arc::new(access));
+        if let Some(warning) = crate::config::http::exposure_warning(&http) {
+            warn!("{warning}");
+        }
+    }
+}
+
 async fn reload(
     r: &mut Reloader,
     health: &mut Option<JoinHandle<()>>,
@@ -256,6 +299,7 @@ async fn reload(
         *health = Some(r.spawn_health());
         done.applied.push("health");
     }
+    apply_http_access(r, &old, &mut done);
     if new.notify != old.notify {
         stop_task(notify.take()).await;
         *notify = r.spawn_notify();
@@ -271,7 +315,7 @@ async fn reload(
         ("node", new.node != old.node),
         ("cluster", new.cluster != old_cluster),
         ("network", new.network != old.network),
-        ("http", new.http != old.http),
+        ("http.listen", new.http.listen != old.http.listen),
         ("replication", new.replication != old.replication),
     ] {
         if changed {
@@ -286,7 +330,7 @@ async fn reload(
     r.current.node = old.node;
     r.current.cluster = old_cluster;
     r.current.network = old.network;
-    r.current.http = old.http;
+    r.current.http.listen = old.http.listen;
     r.current.replication = old.replication;
     r.counters.reloads_applied.fetch_add(1, Ordering::Relaxed);
     info!(applied = ?done.applied, need_restart = ?done.need_restart, "configuration reloaded");

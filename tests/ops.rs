@@ -219,7 +219,7 @@ async fn config_changes_apply_live_and_a_broken_edit_keeps_the_running_config() 
     let moved = toml_head.replacen("[http]\nlisten = \"127.0.0.1:", "[http]\nlisten = \"127.0.0.2:", 1);
     std::fs::write(&path, format!("{moved}{files_v2}{schedule}")).unwrap();
     let applied = a.reload().await.unwrap();
-    assert_eq!(applied.need_restart, ["http"]);
+    assert_eq!(applied.need_restart, ["http.listen"]);
     assert!(
         get_json::<serde_json::Value>(http, "/api/health").await.is_ok(),
         "still serving where it was"

@@ -18,6 +18,10 @@ pub struct ClientArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// File holding the agent's API token (its `[http] token_file`), sent as
+    /// `Authorization: Bearer` with changes (file update/delete, run) when the agent needs one.
+    #[arg(long, env = "SHOAL_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// A response from the agent.
@@ -72,7 +76,15 @@ pub(super) async fn call(
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|e| e.to_string())?;
+    // Only changes carry the token: reads are open, and the token goes no further than needed.
+    let token = match &args.token_file {
+        Some(path) if !method.is_safe() => Some(crate::config::http::read_token(path)?),
+        _ => None,
+    };
     let mut req = client.request(method, &url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
     if let Some((bytes, content_type)) = body {
         req = req.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes);
     }

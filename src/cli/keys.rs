@@ -140,6 +140,14 @@ pub fn config_check(path: &Path) -> i32 {
         config.cluster.bootstrap.len()
     );
     println!("  http:      {}", config.http.listen);
+    if !config.http.allowed_hosts.is_empty() {
+        let hosts: Vec<String> = config.http.allowed_hosts.iter().map(|h| h.to_string()).collect();
+        println!("  hosts:     loopback, the listen address, {}", hosts.join(", "));
+    }
+    if let Some(file) = &config.http.token_file {
+        println!("  token:     {} (needed for changes)", file.display());
+    }
+    warnings.extend(crate::config::http::exposure_warning(&config.http));
     let admission = match (config.network.network_key, config.network.trusted_nodes.len()) {
         (Some(k), 0) => format!("network {k}"),
         (Some(k), n) => format!("network {k} and {n} trusted keys"),

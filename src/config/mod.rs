@@ -6,6 +6,8 @@
 //! several keys run afterwards and point at the section they concern.
 
 mod expand;
+pub mod http;
+mod network;
 pub mod schedules;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,6 +20,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use expand::{Env, ExpandError, ProcessEnv, expand};
+pub use http::{AllowedHost, DEFAULT_HTTP_LISTEN, HttpConfig};
+pub use network::TrustedNode;
 
 use crate::files::validate_file_name;
 use crate::identity::{NodeCertificate, PublicKey, validate_node_name};
@@ -26,8 +30,6 @@ use crate::identity::{NodeCertificate, PublicKey, validate_node_name};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shoal/shoal.toml";
 /// Default cluster (QUIC/UDP) port.
 pub const DEFAULT_CLUSTER_PORT: u16 = 7946;
-/// Default HTTP listen address.
-pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7331";
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/shoal";
 
@@ -431,80 +433,6 @@ pub struct NetworkConfig {
     pub name: Option<String>,
 }
 
-/// One `trusted_nodes` entry: a key admitted without a certificate, with the name bound to it
-/// if the entry gives one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrustedNode {
-    /// The admitted key.
-    pub key: PublicKey,
-    /// The name bound to it, if any.
-    pub name: Option<String>,
-}
-
-impl From<PublicKey> for TrustedNode {
-    fn from(key: PublicKey) -> Self {
-        TrustedNode { key, name: None }
-    }
-}
-
-impl<'de> Deserialize<'de> for TrustedNode {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = TrustedNode;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a base64 public key, or a table { key = \"...\", name = \"...\" }")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TrustedNode, E> {
-                Ok(TrustedNode::from(v.parse::<PublicKey>().map_err(E::custom)?))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TrustedNode, A::Error> {
-                use serde::de::Error;
-                let (mut key, mut name) = (None, None);
-                while let Some(field) = map.next_key::<String>()? {
-                    match field.as_str() {
-                        "key" => {
-                            key = Some(
-                                map.next_value::<String>()?
-                                    .parse::<PublicKey>()
-                                    .map_err(A::Error::custom)?,
-                            )
-                        }
-                        "name" => name = Some(map.next_value::<String>()?),
-                        other => return Err(A::Error::unknown_field(other, &["key", "name"])),
-                    }
-                }
-                Ok(TrustedNode {
-                    key: key.ok_or_else(|| A::Error::missing_field("key"))?,
-                    name,
-                })
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
-/// `[http]` section.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address of the local API and dashboard. Default `127.0.0.1:7331` (loopback only).
-    #[serde(default = "default_http_listen")]
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: default_http_listen(),
-        }
-    }
-}
-
-fn default_http_listen() -> SocketAddr {
-    DEFAULT_HTTP_LISTEN.parse().expect("constant address")
-}
-
 /// A `host:port` pair whose host may be a DNS name, resolved when used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPort {
@@ -811,7 +739,27 @@ impl Config {
                 "must be at least twice probe_period".into(),
             ));
         }
+        self.api_token(path).map_err(|e| match e {
+            ConfigError::Invalid { message, .. } => invalid("http", "token_file", message),
+            other => other,
+        })?;
         Ok(())
+    }
+
+    /// The API token from `[http] token_file` (resolved against the config file's
+    /// directory), if one is configured; the file is checked as [`http::read_token`] says.
+    pub fn api_token(&self, config_path: &Path) -> Result<Option<String>, ConfigError> {
+        let Some(file) = &self.http.token_file else {
+            return Ok(None);
+        };
+        http::read_token(&resolve(config_path, file))
+            .map(Some)
+            .map_err(|message| ConfigError::Invalid {
+                path: config_path.to_path_buf(),
+                line: None,
+                key: "http.token_file".into(),
+                message,
+            })
     }
 
     /// This node's certificate, parsed and signature-checked, if one is configured.
@@ -883,6 +831,7 @@ impl Config {
             network: NetworkConfig::default(),
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().expect("constant"),
+                ..HttpConfig::default()
             },
             files: BTreeMap::new(),
             replication: ReplicationSection {
@@ -987,35 +936,6 @@ mod tests {
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:7331");
         assert_eq!(c.key_file(), PathBuf::from("/var/lib/shoal/node.key"));
         assert_eq!(c.cluster.probe_period, Duration::from_secs(1));
-    }
-
-    #[test]
-    fn trusted_nodes_take_bare_keys_and_named_entries() {
-        let k1 = "Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=";
-        let k2 = crate::identity::SecretKey::generate().public().to_string();
-        let c = parse(&format!(
-            "[network]\ntrusted_nodes = [{{ key = \"{k1}\", name = \"web-1\" }}, \"{k2}\"]\n"
-        ))
-        .unwrap();
-        assert_eq!(c.network.trusted_nodes[0].name.as_deref(), Some("web-1"));
-        assert_eq!(c.network.trusted_nodes[0].key.to_string(), k1);
-        assert_eq!(c.network.trusted_nodes[1].name, None);
-        for (entries, expect) in [
-            (
-                format!("{{ key = \"{k1}\", name = \"a\" }}, {{ key = \"{k2}\", name = \"a\" }}"),
-                "bound to two keys",
-            ),
-            (format!("\"{k1}\", {{ key = \"{k1}\", name = \"a\" }}"), "listed twice"),
-            (format!("{{ key = \"{k1}\", name = \"bad name\" }}"), "trusted_nodes"),
-            (format!("{{ key = \"{k1}\", nmae = \"a\" }}"), "unknown field `nmae`"),
-            ("{ name = \"a\" }".to_string(), "missing field `key`"),
-            ("{ key = \"abc\", name = \"a\" }".to_string(), "invalid public key"),
-        ] {
-            let err = parse(&format!("[network]\ntrusted_nodes = [{entries}]\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(expect) && err.contains("line 2"), "{entries}: {err}");
-        }
     }
 
     #[test]

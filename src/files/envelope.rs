@@ -11,8 +11,8 @@ use crate::replication::item::{MAX_META_LEN, SignedItem, WireItem};
 
 const MAGIC: &[u8; 8] = b"SHOALUP1";
 
-/// Content type of envelopes.
-pub const CONTENT_TYPE: &str = "application/vnd.shoal.signed-item";
+/// Content type of envelopes: the agent refuses uploads and deletes sent as anything else.
+pub const CONTENT_TYPE: &str = "application/vnd.shoal.envelope";
 
 /// A malformed envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

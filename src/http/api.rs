@@ -108,7 +108,8 @@ pub struct Candidate {
 pub struct ApiError {
     /// What went wrong.
     pub error: String,
-    /// Stable label of the reason, for rejected items (e.g. `stale_version`).
+    /// Stable label of the reason, for rejected items (e.g. `stale_version`) and requests
+    /// refused before a handler (`host_not_allowed`, `unauthorized`, `unsupported_media_type`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }

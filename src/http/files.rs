@@ -6,11 +6,12 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::{info, warn};
 
+use super::guard::{MAX_ECHOED_VALUE, Refusal, refusal};
 use super::{ApiState, api};
 use crate::files::envelope;
 use crate::replication::UploadError;
@@ -184,6 +185,49 @@ async fn commit(state: &ApiState, name: &str, v: Verified) -> Result<Json<api::F
     }
 }
 
+/// The body of an upload or delete, read only once its `Content-Type` says it is an
+/// envelope: anything else is refused with 415 before a byte of the body is read. A form or
+/// `text/plain` is what a cross-site page can send without asking the browser first (CORS
+/// preflight); the envelope's own type is not.
+pub(super) struct Envelope(Bytes);
+
+/// Whether a `Content-Type` value names the envelope (parameters after `;` are ignored).
+fn is_envelope_type(value: &str) -> bool {
+    value
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(envelope::CONTENT_TYPE))
+}
+
+impl FromRequest<ApiState> for Envelope {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let given = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("(not text)"));
+        if !given.is_some_and(is_envelope_type) {
+            let shown: String = given.unwrap_or("none").chars().take(MAX_ECHOED_VALUE).collect();
+            state
+                .refusals
+                .refuse(Refusal::UnsupportedMediaType, req.method(), req.uri().path(), &shown);
+            return Err(refusal(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Refusal::UnsupportedMediaType,
+                format!(
+                    "a signed upload or delete must be sent as Content-Type: {}, not {shown:?} (shoal file update and delete send it)",
+                    envelope::CONTENT_TYPE
+                ),
+            ));
+        }
+        Bytes::from_request(req, state)
+            .await
+            .map(Envelope)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
 /// Logs and counts a refused upload.
 fn refused(state: &ApiState, name: &str, f: Failure) -> Failure {
     if let Some(reason) = Reject::ALL.iter().find(|r| Some(r.label()) == f.1.reason.as_deref()) {
@@ -193,11 +237,11 @@ fn refused(state: &ApiState, name: &str, f: Failure) -> Failure {
     f
 }
 
-#[utoipa::path(put, path = "/api/files/{name}", tag = "files", params(("name" = String, Path, description = "File name")), request_body(content = Vec<u8>, content_type = "application/vnd.shoal.envelope", description = "A signed envelope as `shoal file update` builds it: signed item metadata, then the body"), responses((status = 200, description = "Committed", body = api::FileInfo), (status = 400, description = "Malformed envelope", body = api::ApiError), (status = 403, description = "Signer not allowed, or bad signature", body = api::ApiError), (status = 404, description = "Name not in [files]", body = api::ApiError), (status = 409, description = "Not newer than the current version", body = api::ApiError), (status = 413, description = "Too large", body = api::ApiError)))]
+#[utoipa::path(put, path = "/api/files/{name}", tag = "files", params(("name" = String, Path, description = "File name")), request_body(content = Vec<u8>, content_type = "application/vnd.shoal.envelope", description = "A signed envelope as `shoal file update` builds it: signed item metadata, then the body"), responses((status = 200, description = "Committed", body = api::FileInfo), (status = 400, description = "Malformed envelope", body = api::ApiError), (status = 403, description = "Signer not allowed, or bad signature", body = api::ApiError), (status = 404, description = "Name not in [files]", body = api::ApiError), (status = 409, description = "Not newer than the current version", body = api::ApiError), (status = 413, description = "Too large", body = api::ApiError), (status = 415, description = "unsupported_media_type: Content-Type is not application/vnd.shoal.envelope; nothing is read or stored", body = api::ApiError)))]
 pub(super) async fn put(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-    bytes: Bytes,
+    Envelope(bytes): Envelope,
 ) -> Result<Json<api::FileInfo>, Failure> {
     let (v, body) = verify(&state, &name, &bytes, false).map_err(|f| refused(&state, &name, f))?;
     let store = state.replication.store().clone();
@@ -224,11 +268,11 @@ pub(super) async fn put(
     Ok(result)
 }
 
-#[utoipa::path(delete, path = "/api/files/{name}", tag = "files", params(("name" = String, Path, description = "File name")), request_body(content = Vec<u8>, content_type = "application/vnd.shoal.envelope", description = "A signed delete (tombstone) envelope"), responses((status = 200, description = "Committed", body = api::FileInfo), (status = 403, description = "Signer not allowed, or bad signature", body = api::ApiError), (status = 404, description = "Name not in [files]", body = api::ApiError), (status = 409, description = "Not newer than the current version", body = api::ApiError)))]
+#[utoipa::path(delete, path = "/api/files/{name}", tag = "files", params(("name" = String, Path, description = "File name")), request_body(content = Vec<u8>, content_type = "application/vnd.shoal.envelope", description = "A signed delete (tombstone) envelope"), responses((status = 200, description = "Committed", body = api::FileInfo), (status = 403, description = "Signer not allowed, or bad signature", body = api::ApiError), (status = 404, description = "Name not in [files]", body = api::ApiError), (status = 409, description = "Not newer than the current version", body = api::ApiError), (status = 415, description = "unsupported_media_type: Content-Type is not application/vnd.shoal.envelope; nothing is read or stored", body = api::ApiError)))]
 pub(super) async fn delete(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-    bytes: Bytes,
+    Envelope(bytes): Envelope,
 ) -> Result<Json<api::FileInfo>, Failure> {
     let (v, _) = verify(&state, &name, &bytes, true).map_err(|f| refused(&state, &name, f))?;
     let result = commit(&state, &name, v).await.map_err(|f| refused(&state, &name, f))?;

@@ -288,6 +288,18 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
         &[("result", "refused")],
         c.reloads_refused.load(Relaxed),
     );
+    e.family(
+        "shoal_http_refused_total",
+        "counter",
+        "HTTP requests refused before a handler ran, by reason (host_not_allowed, unauthorized, unsupported_media_type).",
+    );
+    for reason in super::guard::Refusal::ALL {
+        e.sample(
+            "shoal_http_refused_total",
+            &[("reason", reason.label())],
+            state.refusals.count(reason),
+        );
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         e.finish(),

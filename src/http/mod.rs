@@ -4,6 +4,7 @@
 pub mod api;
 mod dashboard;
 mod files;
+pub mod guard;
 mod metrics;
 mod nodes;
 mod openapi;
@@ -62,6 +63,10 @@ pub struct ApiState {
     pub transport: crate::transport::Transport,
     /// Counters of the dispatcher, scheduler, notifier and reloader.
     pub counters: std::sync::Arc<crate::metrics::Counters>,
+    /// Allowed hosts and the write token; the reload task publishes changes.
+    pub access: tokio::sync::watch::Receiver<Arc<guard::Access>>,
+    /// Requests refused before reaching a handler, by reason.
+    pub refusals: Arc<guard::Refusals>,
 }
 
 /// Request bodies beyond the largest file get this much room for the envelope around it.
@@ -101,6 +106,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/jobs/{id}", get(schedules::job))
         .route("/api/jobs/{id}/log", get(schedules::log))
         .fallback(not_found)
+        // Over every route and the fallback: nothing runs for a refused host or token.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::check))
         .with_state(state)
 }
 

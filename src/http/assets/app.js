@@ -45,8 +45,11 @@ async function api(path, opts) {
   const r = await fetch(path, opts);
   if (!r.ok) {
     let msg = 'HTTP ' + r.status;
-    try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
-    throw new Error(msg);
+    let reason = null;
+    try { const b = await r.json(); msg = b.error || msg; reason = b.reason || null; } catch (_) { /* not JSON */ }
+    const err = new Error(reason ? msg + ' (' + reason + ')' : msg);
+    err.status = r.status;
+    throw err;
   }
   return r.json();
 }
@@ -321,7 +324,9 @@ async function runNow(sc, button) {
     const r = await api('/api/schedules/' + encodeURIComponent(sc.id) + '/run', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
     state.flash = { kind: 'ok', text: 'Started job ' + r.job + ' of ' + sc.id + '.' };
   } catch (e) {
-    state.flash = { kind: 'bad', text: 'Could not run ' + sc.id + ': ' + e.message };
+    // With [http] token_file set, changes need the token, which this page does not hold.
+    const hint = e.status === 401 ? ' This agent requires a token for changes: run it with `shoal run ' + sc.id + ' --token-file PATH`.' : '';
+    state.flash = { kind: 'bad', text: 'Could not run ' + sc.id + ': ' + e.message + hint };
   }
   refreshSoon();
 }
