@@ -104,6 +104,12 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
         s.syncs_started.load(Relaxed),
     );
     e.single(
+        "shoal_anti_entropy_sessions_total",
+        "counter",
+        "Anti-entropy sessions finished, started by either side (their bytes: shoal_bytes_total with kind anti_entropy).",
+        s.sync_sessions.load(Relaxed),
+    );
+    e.single(
         "shoal_anti_entropy_in_sync_total",
         "counter",
         "Anti-entropy exchanges that found both sides in sync.",
@@ -202,6 +208,16 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
         "shoal_bytes_total",
         &[("kind", "swim"), ("direction", "received")],
         t.datagram_bytes_received.load(Relaxed),
+    );
+    e.sample(
+        "shoal_bytes_total",
+        &[("kind", "anti_entropy"), ("direction", "sent")],
+        s.sync_bytes_sent.load(Relaxed),
+    );
+    e.sample(
+        "shoal_bytes_total",
+        &[("kind", "anti_entropy"), ("direction", "received")],
+        s.sync_bytes_received.load(Relaxed),
     );
     let (udp_sent, udp_received) = state.transport.udp_bytes();
     e.sample(

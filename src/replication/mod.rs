@@ -84,6 +84,13 @@ pub struct Stats {
     pub syncs_declined: AtomicU64,
     /// Items sent to peers during anti-entropy.
     pub items_sent_by_sync: AtomicU64,
+    /// Anti-entropy sessions finished (both roles; declined ones excluded on the serving side).
+    /// Counted after their bytes, so `sync_bytes_* / sync_sessions` read together is a mean.
+    pub sync_sessions: AtomicU64,
+    /// Bytes written on anti-entropy streams (both roles, frame headers included).
+    pub sync_bytes_sent: AtomicU64,
+    /// Bytes read from anti-entropy streams (both roles, frame headers included).
+    pub sync_bytes_received: AtomicU64,
     /// Items dropped because the replication task was busy (anti-entropy repairs them).
     pub items_dropped_busy: AtomicU64,
     rejected: [AtomicU64; Reject::ALL.len()],

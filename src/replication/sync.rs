@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 
 use super::item::WireItem;
 use super::protocol::{
-    BodyHeader, FRAME_TIMEOUT, MAX_ROUNDS, MAX_TURN_ITEM_BYTES, ProtocolError, Turn, read_frame, write_frame,
+    BodyHeader, FRAME_TIMEOUT, MAX_ROUNDS, MAX_TURN_ITEM_BYTES, ProtocolError, Turn, read_frame, read_frame_sized,
+    write_frame,
 };
 use super::{Command, Origin, Shared, reconcile};
 use crate::identity::PublicKey;
@@ -50,6 +51,10 @@ pub(crate) struct Report {
     pub sent: usize,
     /// The peer closed the session without answering: it was serving its limit.
     pub declined: bool,
+    /// Bytes this side wrote on the stream (frame headers included).
+    pub bytes_sent: u64,
+    /// Bytes this side read from the stream (frame headers included).
+    pub bytes_received: u64,
 }
 
 /// Runs replication streams: anti-entropy sessions, body fetches, and the serving side of
@@ -69,8 +74,24 @@ impl Syncer {
             ranges: reconcile::open(&self.shared.index()),
             ..Turn::default()
         };
-        write_frame(&mut send, &Request::Reconcile(opening)).await?;
-        Ok(self.converse(peer, &mut send, &mut recv, None, true).await?)
+        let mut report = Report {
+            bytes_sent: write_frame(&mut send, &Request::Reconcile(opening)).await? as u64,
+            ..Report::default()
+        };
+        let result = self.converse(peer, &mut send, &mut recv, None, true, &mut report).await;
+        self.count_session(&report);
+        result?;
+        Ok(report)
+    }
+
+    /// Adds a finished session's bytes to the counters (whether it ended well or not).
+    fn count_session(&self, report: &Report) {
+        let stats = &self.shared.stats;
+        stats.sync_bytes_sent.fetch_add(report.bytes_sent, Ordering::Relaxed);
+        stats
+            .sync_bytes_received
+            .fetch_add(report.bytes_received, Ordering::Relaxed);
+        stats.sync_sessions.fetch_add(1, Ordering::Release);
     }
 
     async fn converse(
@@ -80,31 +101,34 @@ impl Syncer {
         recv: &mut quinn::RecvStream,
         mut first: Option<Turn>,
         initiator: bool,
-    ) -> Result<Report, ProtocolError> {
+        report: &mut Report,
+    ) -> Result<(), ProtocolError> {
         let mut outbox = Outbox::default();
-        let mut report = Report::default();
         for round in 0..MAX_ROUNDS {
             let turn = match first.take() {
                 Some(t) => t,
-                None => match read_frame::<Turn>(recv).await? {
-                    Some(t) => t,
+                None => match read_frame_sized::<Turn>(recv).await? {
+                    Some((t, size)) => {
+                        report.bytes_received += size as u64;
+                        t
+                    }
                     // The other side had nothing more to say and closed; before answering
                     // anything, that is a refusal (see `serve_reconcile`).
                     None => {
                         report.declined = initiator && round == 0;
-                        return Ok(report);
+                        return Ok(());
                     }
                 },
             };
             if round == 0 && initiator && turn.is_empty() {
                 report.in_sync = true;
             }
-            let reply = self.answer(peer, turn.clone(), &mut outbox, &mut report).await;
+            let reply = self.answer(peer, turn.clone(), &mut outbox, report).await;
             if reply.is_empty() && turn.is_empty() {
                 send.finish()?;
-                return Ok(report);
+                return Ok(());
             }
-            write_frame(send, &reply).await?;
+            report.bytes_sent += write_frame(send, &reply).await? as u64;
         }
         Err(ProtocolError::Violation("reconciliation did not converge"))
     }
@@ -229,7 +253,8 @@ impl Syncer {
         Ok(())
     }
 
-    /// Answers a reconciliation a peer opened with `turn`. Beyond [`MAX_SERVED_SYNCS`] at once,
+    /// Answers a reconciliation a peer opened with `turn` (a frame of `size` bytes). Beyond
+    /// [`MAX_SERVED_SYNCS`] at once,
     /// closes the stream at once: the peer takes that as a finished session, and its next round
     /// (or ours) does the work. A node that just came up gets a session from every member at
     /// once, each bringing the same items.
@@ -239,6 +264,7 @@ impl Syncer {
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
         turn: Turn,
+        size: usize,
     ) -> Result<(), ProtocolError> {
         let served = &self.shared.served_syncs;
         if served.fetch_add(1, Ordering::AcqRel) >= MAX_SERVED_SYNCS {
@@ -247,8 +273,13 @@ impl Syncer {
             send.finish()?;
             return Ok(());
         }
-        let result = self.converse(peer, send, recv, Some(turn), false).await.map(|_| ());
+        let mut report = Report {
+            bytes_received: size as u64,
+            ..Report::default()
+        };
+        let result = self.converse(peer, send, recv, Some(turn), false, &mut report).await;
         served.fetch_sub(1, Ordering::AcqRel);
+        self.count_session(&report);
         result
     }
 
