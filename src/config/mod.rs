@@ -680,8 +680,15 @@ impl Config {
                 return Err(bad(format!("{}: events is empty; nothing would be sent", hook.name)));
             }
             for e in &hook.events {
-                if !crate::events::EventKind::ALL.iter().any(|k| k.as_str() == e) {
-                    let known: Vec<&str> = crate::events::EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                if !crate::events::EventKind::ALL
+                    .iter()
+                    .any(|k| k.as_str() == e && k.notifiable())
+                {
+                    let known: Vec<&str> = crate::events::EventKind::ALL
+                        .iter()
+                        .filter(|k| k.notifiable())
+                        .map(|k| k.as_str())
+                        .collect();
                     return Err(bad(format!(
                         "{}: unknown event {e:?}; known: {}",
                         hook.name,

@@ -48,6 +48,9 @@ pub enum EventKind {
     CheckOk,
     /// A job failed, timed out or was cut off.
     JobFailed,
+    /// A peer started offering items this node refuses for a reason that does not change by
+    /// itself (their `[files]` differ, typically). Seen by this node only: not for webhooks.
+    PeerOffersRefused,
 }
 
 impl EventKind {
@@ -64,11 +67,12 @@ impl EventKind {
             EventKind::CheckFailing => "check_failing",
             EventKind::CheckOk => "check_ok",
             EventKind::JobFailed => "job_failed",
+            EventKind::PeerOffersRefused => "peer_offers_refused",
         }
     }
 
     /// Every kind.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::NodeJoined,
         EventKind::NodeRestarted,
         EventKind::NodeSuspect,
@@ -79,7 +83,14 @@ impl EventKind {
         EventKind::CheckFailing,
         EventKind::CheckOk,
         EventKind::JobFailed,
+        EventKind::PeerOffersRefused,
     ];
+
+    /// Whether webhooks may be sent for this kind: the notifier confirms an event with
+    /// another node before sending it, and a refusal is seen by the refusing node alone.
+    pub fn notifiable(&self) -> bool {
+        !matches!(self, EventKind::PeerOffersRefused)
+    }
 }
 
 /// One event.

@@ -141,6 +141,22 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
             s.rejected(reason),
         );
     }
+    e.family(
+        "shoal_peer_refused_items",
+        "gauge",
+        "Items a peer offered that this node refuses (their [files] or policy differ), remembered so they are not exchanged again every round; by peer (key prefix), its node name and reason.",
+    );
+    for (peer, reason, n) in r.refused_items() {
+        let node = r
+            .record::<crate::replication::records::NodeInfo>(&peer, crate::replication::item::RecordKind::NodeInfo)
+            .map(|i| i.name)
+            .unwrap_or_default();
+        e.sample(
+            "shoal_peer_refused_items",
+            &[("peer", &peer.short()), ("node", &node), ("reason", reason.label())],
+            n,
+        );
+    }
     e.single(
         "shoal_items_dropped_busy_total",
         "counter",
