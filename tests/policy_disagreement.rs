@@ -58,20 +58,41 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// Events of `kind` in the log of the agent at `http`.
+async fn events_of(http: SocketAddr, kind: EventKind) -> Vec<shoal::events::Event> {
+    let events: shoal::http::api::Events = get_json(http, "/api/events?limit=1000").await.unwrap();
+    events.events.into_iter().filter(|e| e.kind == kind).collect()
+}
+
+/// A test config for `name` accepting `app.conf` from `app_signers`.
+fn config(net: &TestNetwork, name: &str, app_signers: &[&SecretKey]) -> shoal::config::Config {
+    let mut c = net.config(name);
+    c.replication.anti_entropy_interval = Duration::from_millis(200);
+    c.health.refresh = Duration::from_secs(3600);
+    c.files = (0..BULK).map(|i| (bulk(i), vec![net.signer.public()])).collect();
+    c.files
+        .insert("app.conf".into(), app_signers.iter().map(|k| k.public()).collect());
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_offering_refused_items_costs_an_in_sync_round() {
+async fn two_nodes_whose_files_differ_cost_an_in_sync_round() {
+    scenario(false).await;
+}
+
+/// B and C refuse what A accepts: each reaches the in-sync exchange with A, and B and C, which
+/// agree, stay in sync with each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_one_accepting_more_cost_in_sync_rounds() {
+    scenario(true).await;
+}
+
+/// A accepts `app.conf` from an extra key; B (and C, with `third`) do not.
+async fn scenario(third: bool) {
     captured_logs();
     let net = TestNetwork::new();
     let extra = SecretKey::generate();
-
-    // A accepts `app.conf` from an extra key; B does not.
-    let mut ca = net.config("allows");
-    ca.replication.anti_entropy_interval = Duration::from_millis(200);
-    ca.health.refresh = Duration::from_secs(3600);
-    ca.files = (0..BULK).map(|i| (bulk(i), vec![net.signer.public()])).collect();
-    ca.files
-        .insert("app.conf".into(), vec![net.signer.public(), extra.public()]);
-    let a = start(ca).await;
+    let a = start(config(&net, "allows", &[&net.signer, &extra])).await;
 
     // B runs from a real file, so that it can be reloaded.
     let base = net.config("refuses");
@@ -90,43 +111,47 @@ async fn a_peer_offering_refused_items_costs_an_in_sync_round() {
     let b = shoal::agent::start(shoal::config::Config::load(&path).unwrap(), &path)
         .await
         .unwrap();
+    let c = match third {
+        true => {
+            let mut cc = config(&net, "also-refuses", &[&net.signer]);
+            bootstrap(&mut cc, &[a.cluster_addr]);
+            Some(start(cc).await)
+        }
+        false => None,
+    };
+    let refusing: Vec<&shoal::agent::AgentHandle> = std::iter::once(&b).chain(c.as_ref()).collect();
+    let n = refusing.len() + 1;
     eventually(Duration::from_secs(20), "joined", || {
-        alive_count(&a) == 2 && alive_count(&b) == 2
+        alive_count(&a) == n && refusing.iter().all(|x| alive_count(x) == n)
     })
     .await;
 
     for i in 0..BULK {
-        assert_eq!(
-            upload(a.http_addr, &net, &bulk(i), b"same everywhere", &net.signer)
-                .await
-                .0,
-            200
-        );
+        let (status, _) = upload(a.http_addr, &net, &bulk(i), b"same everywhere", &net.signer).await;
+        assert_eq!(status, 200);
     }
-    eventually(Duration::from_secs(20), "B holds every bulk file", || {
-        (0..BULK).all(|i| b.replication().get(&ItemKey::File { name: bulk(i) }).is_some())
+    eventually(Duration::from_secs(20), "every node holds every bulk file", || {
+        refusing
+            .iter()
+            .all(|x| (0..BULK).all(|i| x.replication().get(&ItemKey::File { name: bulk(i) }).is_some()))
     })
     .await;
 
     // A file B refuses: its signer is not one B accepts for this name.
-    assert_eq!(
-        upload(a.http_addr, &net, "app.conf", b"signed by the extra key", &extra)
-            .await
-            .0,
-        200
-    );
+    let (status, _) = upload(a.http_addr, &net, "app.conf", b"signed by the extra key", &extra).await;
+    assert_eq!(status, 200);
     let app = ItemKey::File {
         name: "app.conf".into(),
     };
     let refused = shoal::replication::policy::Reject::UnauthorizedSigner;
-    eventually(Duration::from_secs(20), "B refused app.conf", || {
-        b.replication().stats().rejected(refused) >= 1
+    eventually(Duration::from_secs(20), "app.conf refused", || {
+        refusing.iter().all(|x| x.replication().stats().rejected(refused) >= 1)
     })
     .await;
 
     // A few rounds to settle (A's health report lists the new file), then per-round samples:
-    // B takes part in every session of this two-node mesh, so between two reads of its
-    // counters that differ by one session, the bytes are that session's.
+    // between two reads of B's counters that differ by one session, the bytes are that
+    // session's (with A, or with C, which refuses the same).
     let stats = b.replication().stats();
     let settle = stats.sync_sessions.load(Ordering::Acquire) + 6;
     eventually(Duration::from_secs(20), "rounds after the refusal", || {
@@ -153,7 +178,7 @@ async fn a_peer_offering_refused_items_costs_an_in_sync_round() {
     per_round.sort_unstable();
     let median = per_round[SAMPLES / 2];
     let within = per_round.iter().filter(|&&n| n <= IN_SYNC_SESSION_BYTES as u64).count();
-    println!("bytes per anti-entropy round between the two nodes, sorted: {per_round:?}");
+    println!("{n} nodes: bytes per anti-entropy round of B, sorted: {per_round:?}");
     // An unrelated record changing during the window costs one round more than in sync; a
     // round that re-sends refused items costs more than twice the bound every time.
     assert!(
@@ -174,14 +199,22 @@ async fn a_peer_offering_refused_items_costs_an_in_sync_round() {
         Some(1.0),
         "{text}"
     );
+    if let Some(c) = &c {
+        // C refuses what B refuses: neither names the other.
+        let text = metrics_text(c.http_addr).await;
+        let labels = [("peer", peer.as_str()), ("reason", refused.label())];
+        assert_eq!(sample(&text, "shoal_peer_refused_items", &labels), Some(1.0), "{text}");
+        let b_short = b.key.short();
+        assert_eq!(sample(&text, "shoal_peer_refused_items", &[("peer", &b_short)]), None);
+        let text = metrics_text(b.http_addr).await;
+        let c_short = c.key.short();
+        assert_eq!(sample(&text, "shoal_peer_refused_items", &[("peer", &c_short)]), None);
+        assert_eq!(events_of(c.http_addr, EventKind::PeerOffersRefused).await.len(), 1);
+    }
 
-    // One event, and one warning naming the peer's key and the reason.
-    let events: shoal::http::api::Events = get_json(b.http_addr, "/api/events?limit=1000").await.unwrap();
-    let raised: Vec<_> = events
-        .events
-        .iter()
-        .filter(|e| e.kind == EventKind::PeerOffersRefused)
-        .collect();
+    // One event on B, and one warning per refusing node naming A's key and the reason (both
+    // tests of this binary log to the same place: only lines naming this A count).
+    let raised = events_of(b.http_addr, EventKind::PeerOffersRefused).await;
     assert_eq!(raised.len(), 1, "{raised:?}");
     assert_eq!(raised[0].node, a.key);
     let detail = raised[0].detail.as_deref().unwrap_or_default();
@@ -192,14 +225,11 @@ async fn a_peer_offering_refused_items_costs_an_in_sync_round() {
     let warnings: HashSet<String> = logs_text()
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("offers items this node refuses"))
+        .filter(|l| l.contains(&a.key.to_string()))
         .map(str::to_string)
         .collect();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    let line = warnings.iter().next().unwrap();
-    assert!(
-        line.contains(&a.key.to_string()) && line.contains(refused.label()),
-        "{line}"
-    );
+    assert_eq!(warnings.len(), refusing.len(), "{warnings:?}");
+    assert!(warnings.iter().all(|l| l.contains(refused.label())), "{warnings:?}");
 
     // B now accepts the extra key: the reload forgets the refusals and the file arrives.
     let tmp = state.join(".shoal.toml.tmp");
@@ -222,6 +252,14 @@ async fn a_peer_offering_refused_items_costs_an_in_sync_round() {
         None,
         "nothing refused any more: {text}"
     );
+    assert_eq!(
+        events_of(b.http_addr, EventKind::PeerOffersRefused).await.len(),
+        1,
+        "accepting raises nothing"
+    );
     a.shutdown().await;
     b.shutdown().await;
+    if let Some(c) = c {
+        c.shutdown().await;
+    }
 }
