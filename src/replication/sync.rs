@@ -247,29 +247,24 @@ impl Syncer {
             Err(reason) => {
                 self.shared.release_claim(&digest);
                 let what = meta.as_ref().map(|m| m.key.to_string()).unwrap_or_default();
-                // The first refusal of a reason from a peer has a line of its own.
-                let started = meta
-                    .as_ref()
-                    .is_some_and(|m| self.remember_refusal(peer, m, digest, reason, &what));
-                if started {
-                    self.shared.stats.reject(reason);
-                } else {
-                    self.shared.stats.reject_from_peer(reason, &peer, &what);
+                self.shared.stats.reject_from_peer(reason, &peer, &what);
+                if let Some(meta) = meta {
+                    self.remember_refusal(peer, &meta, digest, reason, what);
                 }
             }
         }
     }
 
     /// Remembers a refusal that will not change by itself, so reconciliation with `peer`
-    /// stops bringing that item. The first such refusal of a reason from a peer is logged and
-    /// noticed (for the event log), not the ones after; returns whether this was it.
-    fn remember_refusal(&self, peer: PublicKey, meta: &ItemMeta, digest: Digest, reason: Reject, what: &str) -> bool {
+    /// stops bringing that item; the first such refusal of a reason from a peer is logged and
+    /// noticed (for the event log), not the ones after.
+    fn remember_refusal(&self, peer: PublicKey, meta: &ItemMeta, digest: Digest, reason: Reject, what: String) {
         let entry = Entry {
             rank: meta.rank(),
             digest,
         };
         if !self.shared.refusals().record(peer, &meta.key.to_bytes(), entry, reason) {
-            return false;
+            return;
         }
         tracing::warn!(
             peer = %peer,
@@ -280,11 +275,10 @@ impl Syncer {
         let _ = self.shared.refusal_notices.send(super::PeerRefusal {
             peer,
             reason,
-            item: what.to_string(),
+            item: what,
             digest,
             version: meta.version,
         });
-        true
     }
 
     /// Fetches the body `hash` of `size` bytes from `peer` into the store.
