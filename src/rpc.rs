@@ -11,7 +11,7 @@ use tracing::debug;
 
 use crate::identity::PublicKey;
 use crate::replication::item::RecordKind;
-use crate::replication::protocol::{ProtocolError, Turn, read_frame, write_frame};
+use crate::replication::protocol::{ProtocolError, Turn, read_frame, read_frame_sized, write_frame};
 use crate::replication::sync::Syncer;
 use crate::schedules::jobs::{Job, JobLog, JobStore};
 use crate::transport::{HandlerFuture, PeerInfo, StreamHandler, Target, Transport, TransportError};
@@ -114,8 +114,8 @@ impl Dispatcher {
     }
 
     async fn serve(self, peer: PeerInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let request = read_frame::<Request>(&mut recv).await;
-        if let Ok(Some(r)) = &request {
+        let request = read_frame_sized::<Request>(&mut recv).await;
+        if let Ok(Some((r, _))) = &request {
             self.counters.stream(match r {
                 Request::Reconcile(_) => 0,
                 Request::GetBody { .. } => 1,
@@ -124,9 +124,13 @@ impl Dispatcher {
             });
         }
         let result = match request {
-            Ok(Some(Request::Reconcile(turn))) => self.sync.serve_reconcile(peer.key, &mut send, &mut recv, turn).await,
-            Ok(Some(Request::GetBody { hash })) => self.sync.serve_body(&mut send, hash).await,
-            Ok(Some(Request::Confirm(claim))) => {
+            Ok(Some((Request::Reconcile(turn), size))) => {
+                self.sync
+                    .serve_reconcile(peer.key, &mut send, &mut recv, turn, size)
+                    .await
+            }
+            Ok(Some((Request::GetBody { hash }, _))) => self.sync.serve_body(&mut send, hash).await,
+            Ok(Some((Request::Confirm(claim), _))) => {
                 let agree = self.confirmer.confirm(&claim);
                 async {
                     write_frame(&mut send, &ConfirmReply { agree }).await?;
@@ -135,7 +139,7 @@ impl Dispatcher {
                 }
                 .await
             }
-            Ok(Some(Request::Job { seq, log })) => {
+            Ok(Some((Request::Job { seq, log }, _))) => {
                 let reply = JobReply {
                     job: self.jobs.get(seq),
                     log: if log { self.jobs.log(seq) } else { None },

@@ -683,8 +683,19 @@ impl Config {
                 return Err(bad(format!("{}: events is empty; nothing would be sent", hook.name)));
             }
             for e in &hook.events {
-                if !crate::events::EventKind::ALL.iter().any(|k| k.as_str() == e) {
-                    let known: Vec<&str> = crate::events::EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                let kind = crate::events::EventKind::ALL.iter().find(|k| k.as_str() == e);
+                if kind.is_some_and(|k| !k.notifiable()) {
+                    return Err(bad(format!(
+                        "{}: event {e:?} is seen only by the node it happens on and is not sent to webhooks",
+                        hook.name
+                    )));
+                }
+                if kind.is_none() {
+                    let known: Vec<&str> = crate::events::EventKind::ALL
+                        .iter()
+                        .filter(|k| k.notifiable())
+                        .map(|k| k.as_str())
+                        .collect();
                     return Err(bad(format!(
                         "{}: unknown event {e:?}; known: {}",
                         hook.name,
@@ -1062,6 +1073,10 @@ mod tests {
             (
                 "name = \"x\"\nurl = \"https://x\"\nformat = \"json\"\nevents = [\"node_exploded\"]\n",
                 "unknown event",
+            ),
+            (
+                "name = \"x\"\nurl = \"https://x\"\nformat = \"json\"\nevents = [\"peer_offers_refused\"]\n",
+                "not sent to webhooks",
             ),
         ] {
             let err = parse(&format!("{ALLOW}[[notify.webhooks]]\n{text}"))

@@ -11,7 +11,7 @@ use crate::health::report::{HealthReport, NodeStatus};
 use crate::identity::PublicKey;
 use crate::membership::{MemberState, MembershipHandle, NodeId, Snapshot};
 use crate::replication::item::{ItemKey, RecordKind};
-use crate::replication::{CommitEvent, ReplicationHandle};
+use crate::replication::{CommitEvent, PeerRefusal, ReplicationHandle};
 use crate::schedules::record::{JobSummary, SchedulesRecord};
 
 /// What the deriver remembers about a member.
@@ -54,6 +54,7 @@ pub fn spawn(
     // Start from the current state without events for it.
     let mut snapshots = membership.subscribe();
     let mut commits = d.replication.subscribe();
+    let mut refusals = d.replication.subscribe_refusals();
     d.observe_members(&snapshots.borrow_and_update(), false);
     d.reports = d.replication.records_of(RecordKind::Health).into_iter().collect();
     for (node, record) in d.replication.records_of::<SchedulesRecord>(RecordKind::Schedules) {
@@ -74,6 +75,11 @@ pub fn spawn(
                 commit = commits.recv() => match commit {
                     Ok(c) => d.observe_commit(&c),
                     Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "event deriver fell behind commits"),
+                    Err(RecvError::Closed) => return,
+                },
+                refusal = refusals.recv() => match refusal {
+                    Ok(r) => d.observe_refusal(&r),
+                    Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "event deriver fell behind refusals"),
                     Err(RecvError::Closed) => return,
                 },
             }
@@ -114,6 +120,20 @@ impl Deriver {
             schedule: None,
             job: None,
         });
+    }
+
+    /// A peer started offering items this node refuses. The id comes from the peer, the
+    /// reason and the first item refused.
+    fn observe_refusal(&mut self, r: &PeerRefusal) {
+        let detail = format!("{}: {}", r.reason.label(), r.item);
+        self.emit(
+            EventKind::PeerOffersRefused,
+            r.peer,
+            r.version,
+            &[r.reason.label().as_bytes(), &r.digest],
+            None,
+            Some(detail),
+        );
     }
 
     fn observe_members(&mut self, snapshot: &Snapshot, emit: bool) {

@@ -50,6 +50,9 @@ pub enum EventKind {
     JobFailed,
     /// A node claims a name another key holds (see [`crate::names`]).
     NameConflict,
+    /// A peer started offering items this node refuses for a reason that does not change by
+    /// itself (their `[files]` differ, typically). Seen by this node only: not for webhooks.
+    PeerOffersRefused,
 }
 
 impl EventKind {
@@ -67,11 +70,12 @@ impl EventKind {
             EventKind::CheckOk => "check_ok",
             EventKind::JobFailed => "job_failed",
             EventKind::NameConflict => "name_conflict",
+            EventKind::PeerOffersRefused => "peer_offers_refused",
         }
     }
 
     /// Every kind.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::NodeJoined,
         EventKind::NodeRestarted,
         EventKind::NodeSuspect,
@@ -83,7 +87,14 @@ impl EventKind {
         EventKind::CheckOk,
         EventKind::JobFailed,
         EventKind::NameConflict,
+        EventKind::PeerOffersRefused,
     ];
+
+    /// Whether webhooks may be sent for this kind: the notifier confirms an event with
+    /// another node before sending it, and a refusal is seen by the refusing node alone.
+    pub fn notifiable(&self) -> bool {
+        !matches!(self, EventKind::PeerOffersRefused)
+    }
 }
 
 /// One event.

@@ -104,6 +104,12 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
         s.syncs_started.load(Relaxed),
     );
     e.single(
+        "shoal_anti_entropy_sessions_total",
+        "counter",
+        "Anti-entropy sessions finished, started by either side (their bytes: shoal_bytes_total with kind anti_entropy).",
+        s.sync_sessions.load(Relaxed),
+    );
+    e.single(
         "shoal_anti_entropy_in_sync_total",
         "counter",
         "Anti-entropy exchanges that found both sides in sync.",
@@ -133,6 +139,22 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
             "shoal_rejected_total",
             &[("reason", reason.label())],
             s.rejected(reason),
+        );
+    }
+    e.family(
+        "shoal_peer_refused_items",
+        "gauge",
+        "Items a peer offered that this node refuses (their [files] or policy differ), remembered so they are not exchanged again every round; by peer (key prefix), its node name and reason.",
+    );
+    for (peer, reason, n) in r.refused_items() {
+        let node = r
+            .record::<crate::replication::records::NodeInfo>(&peer, crate::replication::item::RecordKind::NodeInfo)
+            .map(|i| i.name)
+            .unwrap_or_default();
+        e.sample(
+            "shoal_peer_refused_items",
+            &[("peer", &peer.short()), ("node", &node), ("reason", reason.label())],
+            n,
         );
     }
     e.single(
@@ -202,6 +224,16 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
         "shoal_bytes_total",
         &[("kind", "swim"), ("direction", "received")],
         t.datagram_bytes_received.load(Relaxed),
+    );
+    e.sample(
+        "shoal_bytes_total",
+        &[("kind", "anti_entropy"), ("direction", "sent")],
+        s.sync_bytes_sent.load(Relaxed),
+    );
+    e.sample(
+        "shoal_bytes_total",
+        &[("kind", "anti_entropy"), ("direction", "received")],
+        s.sync_bytes_received.load(Relaxed),
     );
     let (udp_sent, udp_received) = state.transport.udp_bytes();
     e.sample(

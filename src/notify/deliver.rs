@@ -31,6 +31,7 @@ pub fn message(event: &Event) -> String {
             event.schedule.as_deref().unwrap_or("?")
         ),
         EventKind::NameConflict => format!("🟠 a node claims a name another key holds{error}"),
+        EventKind::PeerOffersRefused => format!("🟠 {node} offers items this node refuses{error}"),
     }
 }
 

@@ -168,6 +168,13 @@ fn claim_of(event: &Event) -> Claim {
             kind: RecordKind::NodeInfo,
             version: event.version,
         },
+        // Not notifiable (config validation refuses it for webhooks); a claim no peer holds,
+        // should one ever be asked.
+        EventKind::PeerOffersRefused => Claim::Record {
+            node: event.node,
+            kind: RecordKind::NodeInfo,
+            version: u64::MAX,
+        },
     }
 }
 
@@ -197,7 +204,7 @@ async fn run(ctx: NotifyContext) {
             kinds: EventKind::ALL
                 .iter()
                 .copied()
-                .filter(|k| h.events.iter().any(|e| e == k.as_str()))
+                .filter(|k| k.notifiable() && h.events.iter().any(|e| e == k.as_str()))
                 .collect(),
             config: h.clone(),
         })

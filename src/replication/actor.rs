@@ -428,6 +428,7 @@ impl Actor {
                 digest: v.item.digest(),
             },
         );
+        self.shared.refusals().held(&key, &meta.rank());
         let _ = self.shared.store.save_clock(self.hlc.last());
         let stats = &self.shared.stats;
         stats.items_committed.fetch_add(1, Ordering::Relaxed);

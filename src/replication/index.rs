@@ -41,7 +41,8 @@ impl KeyRange {
         }
     }
 
-    fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
+    /// The range as bounds for `BTreeMap::range`.
+    pub fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
         (
             Bound::Included(self.lower.as_slice()),
             match &self.upper {
@@ -55,6 +56,34 @@ impl KeyRange {
     pub fn is_valid(&self) -> bool {
         self.upper.as_ref().is_none_or(|u| self.lower < *u)
     }
+
+    /// Whether `key` is inside the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.lower.as_slice() && self.upper.as_ref().is_none_or(|u| key < u.as_slice())
+    }
+}
+
+/// Splits `range` into up to `parts` contiguous sub-ranges holding about equal numbers of
+/// `keys` (sorted, all inside `range`). The sub-ranges cover `range` exactly.
+pub fn split_at_quantiles(keys: &[&[u8]], range: &KeyRange, parts: usize) -> Vec<KeyRange> {
+    let parts = parts.clamp(1, keys.len().max(1));
+    let mut bounds: Vec<Vec<u8>> = (1..parts).map(|i| keys[i * keys.len() / parts].to_vec()).collect();
+    bounds.dedup();
+    let mut out = Vec::with_capacity(bounds.len() + 1);
+    let mut lower = range.lower.clone();
+    for b in bounds {
+        if b > lower {
+            out.push(KeyRange {
+                lower: std::mem::replace(&mut lower, b.clone()),
+                upper: Some(b),
+            });
+        }
+    }
+    out.push(KeyRange {
+        lower,
+        upper: range.upper.clone(),
+    });
+    out
 }
 
 fn xor(acc: &mut Digest, d: &Digest) {
@@ -131,25 +160,12 @@ impl Index {
     /// Splits `range` into up to `parts` contiguous sub-ranges holding about equal numbers of
     /// our keys. The sub-ranges cover `range` exactly.
     pub fn split(&self, range: &KeyRange, parts: usize) -> Vec<KeyRange> {
-        let keys: Vec<&Vec<u8>> = self.map.range::<[u8], _>(range.bounds()).map(|(k, _)| k).collect();
-        let parts = parts.clamp(1, keys.len().max(1));
-        let mut bounds: Vec<Vec<u8>> = (1..parts).map(|i| keys[i * keys.len() / parts].clone()).collect();
-        bounds.dedup();
-        let mut out = Vec::with_capacity(bounds.len() + 1);
-        let mut lower = range.lower.clone();
-        for b in bounds {
-            if b > lower {
-                out.push(KeyRange {
-                    lower: std::mem::replace(&mut lower, b.clone()),
-                    upper: Some(b),
-                });
-            }
-        }
-        out.push(KeyRange {
-            lower,
-            upper: range.upper.clone(),
-        });
-        out
+        let keys: Vec<&[u8]> = self
+            .map
+            .range::<[u8], _>(range.bounds())
+            .map(|(k, _)| k.as_slice())
+            .collect();
+        split_at_quantiles(&keys, range, parts)
     }
 }
 

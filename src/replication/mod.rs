@@ -18,6 +18,7 @@ pub mod policy;
 pub mod protocol;
 pub mod reconcile;
 pub mod records;
+pub mod refused;
 pub mod sync;
 
 use std::collections::{BTreeMap, HashSet};
@@ -44,6 +45,8 @@ pub const COMMIT_EVENTS_CAPACITY: usize = 1024;
 /// Refusals of items from peers are logged at most once per reason this often, with their
 /// count, so a misconfigured or hostile peer cannot flood the log.
 pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// Notices of peers starting to offer refused items buffered per subscriber.
+pub const REFUSAL_NOTICES_CAPACITY: usize = 64;
 /// Largest encoded item carried in a SWIM broadcast (leaves room for headers and updates in
 /// a 1150-byte packet).
 pub const MAX_BROADCAST_ITEM: usize = 900;
@@ -84,6 +87,13 @@ pub struct Stats {
     pub syncs_declined: AtomicU64,
     /// Items sent to peers during anti-entropy.
     pub items_sent_by_sync: AtomicU64,
+    /// Anti-entropy sessions finished (both roles; declined ones excluded on the serving side).
+    /// Counted after their bytes, so `sync_bytes_* / sync_sessions` read together is a mean.
+    pub sync_sessions: AtomicU64,
+    /// Bytes written on anti-entropy streams (both roles, frame headers included).
+    pub sync_bytes_sent: AtomicU64,
+    /// Bytes read from anti-entropy streams (both roles, frame headers included).
+    pub sync_bytes_received: AtomicU64,
     /// Items dropped because the replication task was busy (anti-entropy repairs them).
     pub items_dropped_busy: AtomicU64,
     rejected: [AtomicU64; Reject::ALL.len()],
@@ -154,6 +164,22 @@ pub struct CommitEvent {
     pub deleted: bool,
 }
 
+/// A peer started offering items this node refuses for a reason that does not change by
+/// itself (see [`refused`]): raised once, not on every round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRefusal {
+    /// The peer.
+    pub peer: PublicKey,
+    /// Why its item was refused.
+    pub reason: Reject,
+    /// The first item refused, as text (`file:NAME`, ...).
+    pub item: String,
+    /// Digest of that item's signed meta.
+    pub digest: index::Digest,
+    /// Its version.
+    pub version: u64,
+}
+
 /// Outcome of an upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -209,6 +235,12 @@ pub(crate) struct Shared {
     pub in_flight: Mutex<HashSet<index::Digest>>,
     /// Reconciliation sessions peers opened with this node, running now.
     pub served_syncs: AtomicUsize,
+    /// What this node refused from each peer, shown to that peer as held when reconciling.
+    /// Sessions record and read it, the replication task drops what it came to hold, a
+    /// `[files]` change clears it; each takes the lock briefly, never across an await.
+    pub refusals: Mutex<refused::Refusals>,
+    /// Peers starting to offer refused items (for the event log).
+    pub refusal_notices: tokio::sync::broadcast::Sender<PeerRefusal>,
 }
 
 impl Shared {
@@ -226,6 +258,11 @@ impl Shared {
     /// The acceptance policy in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The refusals per peer.
+    pub fn refusals(&self) -> std::sync::MutexGuard<'_, refused::Refusals> {
+        self.refusals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The content of a stored, non-deleted item of at most `limit` bytes.
@@ -293,7 +330,19 @@ impl ReplicationHandle {
             next.files = files;
             *p = Arc::new(next);
         }
+        // What was refused under the old policy may be accepted now: ask for it again.
+        self.shared.refusals().clear();
         let _ = self.cmds.send(Command::SyncNow).await;
+    }
+
+    /// Items currently refused from each peer, by reason (see [`refused`]).
+    pub fn refused_items(&self) -> Vec<(PublicKey, Reject, usize)> {
+        self.shared.refusals().counts()
+    }
+
+    /// Notices of peers starting to offer items this node refuses, from now on.
+    pub fn subscribe_refusals(&self) -> tokio::sync::broadcast::Receiver<PeerRefusal> {
+        self.shared.refusal_notices.subscribe()
     }
 
     /// Counters.
@@ -457,6 +506,8 @@ pub fn channel(store: Store, policy: Policy) -> (ReplicationHandle, ActorParts) 
         commits: tokio::sync::broadcast::channel(COMMIT_EVENTS_CAPACITY).0,
         in_flight: Mutex::new(HashSet::new()),
         served_syncs: AtomicUsize::new(0),
+        refusals: Mutex::new(refused::Refusals::default()),
+        refusal_notices: tokio::sync::broadcast::channel(REFUSAL_NOTICES_CAPACITY).0,
     });
     (
         ReplicationHandle {

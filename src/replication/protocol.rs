@@ -80,19 +80,29 @@ pub struct BodyHeader {
     pub size: Option<u64>,
 }
 
-/// Writes one frame.
-pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), ProtocolError> {
+/// Bytes a frame adds before its codec bytes (the length).
+pub const FRAME_HEADER: usize = 4;
+
+/// Writes one frame; returns the bytes written (header included).
+pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<usize, ProtocolError> {
     let bytes = codec::encode(msg)?;
     if bytes.len() > MAX_FRAME {
         return Err(ProtocolError::TooLarge(bytes.len()));
     }
     send.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
     send.write_all(&bytes).await?;
-    Ok(())
+    Ok(FRAME_HEADER + bytes.len())
 }
 
 /// Reads one frame; `Ok(None)` when the peer finished the stream cleanly before a frame.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<Option<T>, ProtocolError> {
+    Ok(read_frame_sized(recv).await?.map(|(msg, _)| msg))
+}
+
+/// Like [`read_frame`], also returning the frame's size (header included).
+pub async fn read_frame_sized<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<(T, usize)>, ProtocolError> {
     let read = async {
         let mut len = [0u8; 4];
         match recv.read_exact(&mut len).await {
@@ -106,7 +116,7 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Re
         }
         let mut buf = vec![0u8; len];
         recv.read_exact(&mut buf).await?;
-        Ok(Some(codec::decode_exact(&buf, MAX_FRAME)?))
+        Ok(Some((codec::decode_exact(&buf, MAX_FRAME)?, FRAME_HEADER + len)))
     };
     tokio::time::timeout(FRAME_TIMEOUT, read)
         .await

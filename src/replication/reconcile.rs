@@ -11,16 +11,120 @@
 //! items. Out of sync, its size grows with the number of differences times the log of the
 //! number of items. This module is pure: no I/O, no clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::index::{Digest, Index, KeyRange};
+use super::index::{Digest, Entry, Index, KeyRange, split_at_quantiles};
 
 /// A range answered with its key list when we hold at most this many keys in it.
 pub const KEY_LIST_THRESHOLD: u32 = 16;
 /// Sub-ranges a mismatched range is split into.
 pub const BRANCHING: usize = 16;
+/// Bytes of a whole session between two sides in sync that each hold more than
+/// [`KEY_LIST_THRESHOLD`] items, both directions, frame headers included: the opening
+/// fingerprint of the whole key space and an empty reply (55 bytes as encoded today, the
+/// count's varint growing with the number of items).
+pub const IN_SYNC_SESSION_BYTES: usize = 64;
+
+/// What reconciliation reads of one side's items: an [`Index`], or an [`Overlay`] of it.
+pub trait View {
+    /// XOR of the digests in `range` and how many there are.
+    fn summary(&self, range: &KeyRange) -> (Digest, u32);
+    /// Keys and digests in `range`, in order.
+    fn keys(&self, range: &KeyRange) -> Vec<(Vec<u8>, Digest)>;
+    /// Splits `range` into up to `parts` sub-ranges holding about equal numbers of keys,
+    /// covering it exactly.
+    fn split(&self, range: &KeyRange, parts: usize) -> Vec<KeyRange>;
+    /// Whether the version shown for `key` is one this side holds and can send.
+    fn holds(&self, key: &[u8]) -> bool;
+}
+
+impl View for Index {
+    fn summary(&self, range: &KeyRange) -> (Digest, u32) {
+        Index::summary(self, range)
+    }
+    fn keys(&self, range: &KeyRange) -> Vec<(Vec<u8>, Digest)> {
+        Index::keys(self, range)
+    }
+    fn split(&self, range: &KeyRange, parts: usize) -> Vec<KeyRange> {
+        Index::split(self, range, parts)
+    }
+    fn holds(&self, key: &[u8]) -> bool {
+        self.get(key).is_some()
+    }
+}
+
+/// Our index as shown to one peer: as if we also held the versions we refused from that peer
+/// (policy refusals that do not change by themselves), where they rank above what we hold.
+/// Two sides whose only difference is what one of them refuses then look in sync, and the
+/// refused items are not offered again every round. An overlaid key is never sent (we do not
+/// hold that version; what we hold, if anything, is older than what the peer has).
+pub struct Overlay<'a> {
+    index: &'a Index,
+    refused: &'a BTreeMap<Vec<u8>, Entry>,
+}
+
+impl<'a> Overlay<'a> {
+    /// `index` with the versions in `refused` laid over it.
+    pub fn new(index: &'a Index, refused: &'a BTreeMap<Vec<u8>, Entry>) -> Overlay<'a> {
+        Overlay { index, refused }
+    }
+
+    /// The refused versions in `range` that rank above what we hold.
+    fn shown<'s>(&'s self, range: &KeyRange) -> impl Iterator<Item = (&'s Vec<u8>, &'s Entry)> + 's {
+        self.refused
+            .range::<[u8], _>(range.bounds())
+            .filter(|(k, e)| self.index.get(k).is_none_or(|held| held.rank < e.rank))
+    }
+}
+
+fn xor(acc: &mut Digest, d: &Digest) {
+    for (a, b) in acc.iter_mut().zip(d) {
+        *a ^= b;
+    }
+}
+
+impl View for Overlay<'_> {
+    fn summary(&self, range: &KeyRange) -> (Digest, u32) {
+        let (mut fp, mut count) = self.index.summary(range);
+        for (k, e) in self.shown(range) {
+            match self.index.get(k) {
+                Some(held) => xor(&mut fp, &held.digest),
+                None => count += 1,
+            }
+            xor(&mut fp, &e.digest);
+        }
+        (fp, count)
+    }
+
+    fn keys(&self, range: &KeyRange) -> Vec<(Vec<u8>, Digest)> {
+        let mut keys = self.index.keys(range);
+        let mut shown = self.shown(range).peekable();
+        if shown.peek().is_none() {
+            return keys;
+        }
+        let mut merged: BTreeMap<Vec<u8>, Digest> = keys.drain(..).collect();
+        merged.extend(shown.map(|(k, e)| (k.clone(), e.digest)));
+        merged.into_iter().collect()
+    }
+
+    fn split(&self, range: &KeyRange, parts: usize) -> Vec<KeyRange> {
+        if self.shown(range).next().is_none() {
+            return self.index.split(range, parts);
+        }
+        let keys = self.keys(range);
+        let keys: Vec<&[u8]> = keys.iter().map(|(k, _)| k.as_slice()).collect();
+        split_at_quantiles(&keys, range, parts)
+    }
+
+    fn holds(&self, key: &[u8]) -> bool {
+        let Some(held) = self.index.get(key) else {
+            return false;
+        };
+        self.refused.get(key).is_none_or(|e| e.rank <= held.rank)
+    }
+}
 
 /// What one side says about a range.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +158,9 @@ pub struct Step {
     pub send: Vec<Vec<u8>>,
     /// Keys whose items we should ask for.
     pub want: Vec<Vec<u8>>,
+    /// Keys we show without holding them (overlaid) that the other side listed a range
+    /// without: it no longer holds the version we show, so that claim is out of date.
+    pub unheld: Vec<Vec<u8>>,
 }
 
 impl Step {
@@ -63,10 +170,10 @@ impl Step {
     }
 }
 
-fn summarize(index: &Index, range: KeyRange) -> Range {
-    let (fp, count) = index.summary(&range);
+fn summarize(view: &impl View, range: KeyRange) -> Range {
+    let (fp, count) = view.summary(&range);
     if count <= KEY_LIST_THRESHOLD {
-        let keys = index.keys(&range);
+        let keys = view.keys(&range);
         Range {
             range,
             body: RangeBody::Keys(keys),
@@ -80,12 +187,12 @@ fn summarize(index: &Index, range: KeyRange) -> Range {
 }
 
 /// The opening message: the whole key space.
-pub fn open(index: &Index) -> Vec<Range> {
-    vec![summarize(index, KeyRange::all())]
+pub fn open(view: &impl View) -> Vec<Range> {
+    vec![summarize(view, KeyRange::all())]
 }
 
-/// Answers the other side's ranges from our index.
-pub fn step(index: &Index, incoming: &[Range]) -> Step {
+/// Answers the other side's ranges from our view.
+pub fn step(view: &impl View, incoming: &[Range]) -> Step {
     let mut out = Step::default();
     for r in incoming {
         if !r.range.is_valid() {
@@ -93,28 +200,27 @@ pub fn step(index: &Index, incoming: &[Range]) -> Step {
         }
         match &r.body {
             RangeBody::Fingerprint { fp, count } => {
-                let (ours, our_count) = index.summary(&r.range);
+                let (ours, our_count) = view.summary(&r.range);
                 if ours == *fp && our_count == *count {
                     continue;
                 }
                 if our_count <= KEY_LIST_THRESHOLD {
                     out.ranges.push(Range {
                         range: r.range.clone(),
-                        body: RangeBody::Keys(index.keys(&r.range)),
+                        body: RangeBody::Keys(view.keys(&r.range)),
                     });
                 } else {
-                    for sub in index.split(&r.range, BRANCHING) {
-                        out.ranges.push(summarize(index, sub));
+                    for sub in view.split(&r.range, BRANCHING) {
+                        out.ranges.push(summarize(view, sub));
                     }
                 }
             }
             RangeBody::Keys(theirs) => {
-                let ours: HashMap<Vec<u8>, Digest> = index.keys(&r.range).into_iter().collect();
+                let ours: HashMap<Vec<u8>, Digest> = view.keys(&r.range).into_iter().collect();
                 let mut seen = std::collections::HashSet::with_capacity(theirs.len());
                 for (key, digest) in theirs {
                     // Keys outside the range are ignored rather than trusted.
-                    let inside = *key >= r.range.lower && r.range.upper.as_ref().is_none_or(|u| key < u);
-                    if !inside || !seen.insert(key) {
+                    if !r.range.contains(key) || !seen.insert(key) {
                         continue;
                     }
                     match ours.get(key) {
@@ -122,14 +228,21 @@ pub fn step(index: &Index, incoming: &[Range]) -> Step {
                         Some(d) if d != digest => {
                             // Different versions: exchange both, each side keeps the winner.
                             out.want.push(key.clone());
-                            out.send.push(key.clone());
+                            if view.holds(key) {
+                                out.send.push(key.clone());
+                            }
                         }
                         Some(_) => {}
                     }
                 }
                 for key in ours.keys() {
-                    if !seen.contains(key) {
+                    if seen.contains(key) {
+                        continue;
+                    }
+                    if view.holds(key) {
                         out.send.push(key.clone());
+                    } else {
+                        out.unheld.push(key.clone());
                     }
                 }
             }
@@ -141,7 +254,6 @@ pub fn step(index: &Index, incoming: &[Range]) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::index::Entry;
     use crate::replication::item::Rank;
 
     fn entry(seed: u64, version: u64) -> Entry {
@@ -249,6 +361,253 @@ mod tests {
         assert_eq!(moved, 10_000);
         assert_eq!(empty.fingerprint(), full.fingerprint());
         assert!(rounds <= 4, "{rounds}");
+    }
+
+    #[test]
+    fn an_in_sync_session_fits_the_documented_bound() {
+        let mut idx = Index::default();
+        for n in 0..100_000 {
+            idx.insert(key(n), entry(n, 1));
+        }
+        let opening = crate::rpc::Request::Reconcile(crate::replication::protocol::Turn {
+            ranges: open(&idx),
+            ..Default::default()
+        });
+        let reply = crate::replication::protocol::Turn::default();
+        let header = crate::replication::protocol::FRAME_HEADER;
+        let bytes =
+            crate::codec::encode(&opening).unwrap().len() + crate::codec::encode(&reply).unwrap().len() + 2 * header;
+        assert!(bytes <= IN_SYNC_SESSION_BYTES, "{bytes}");
+    }
+
+    /// A node of the simulated mesh: its index, what it refuses, and what it refused from
+    /// each peer (what the replication task keeps per peer).
+    struct Node {
+        index: Index,
+        refuses: fn(&[u8], &Entry) -> bool,
+        refused: HashMap<usize, BTreeMap<Vec<u8>, Entry>>,
+    }
+
+    impl Node {
+        fn new(index: Index, refuses: fn(&[u8], &Entry) -> bool) -> Node {
+            Node {
+                index,
+                refuses,
+                refused: HashMap::new(),
+            }
+        }
+
+        /// Takes `e` for `k` from peer `from`: refused (remembered), stale, or the new winner.
+        fn take(&mut self, from: usize, k: &[u8], e: Entry) -> bool {
+            if self.index.get(k).is_some_and(|held| held.rank >= e.rank) {
+                return false;
+            }
+            if (self.refuses)(k, &e) {
+                self.refused.entry(from).or_default().insert(k.to_vec(), e);
+                return false;
+            }
+            self.index.insert(k.to_vec(), e);
+            // What the replication task does on commit: a refusal now outranked is forgotten.
+            for refused in self.refused.values_mut() {
+                refused.retain(|rk, re| rk.as_slice() != k || re.rank > e.rank);
+            }
+            true
+        }
+    }
+
+    /// One session, `nodes[i]` opening to `nodes[j]`, each showing the other its overlay.
+    /// Items are delivered at once, and only items a side holds are ever sent (a want for
+    /// an overlaid key is answered with nothing). Returns whether the first exchange found
+    /// both in sync, and the number of items sent.
+    fn session(nodes: &mut [Node], i: usize, j: usize) -> (bool, usize) {
+        let empty = BTreeMap::new();
+        let view_msg = |nodes: &[Node], me: usize, peer: usize, msg: &[Range]| {
+            let n = &nodes[me];
+            let view = Overlay::new(&n.index, n.refused.get(&peer).unwrap_or(&empty));
+            step(&view, msg)
+        };
+        let mut msg = {
+            let n = &nodes[i];
+            open(&Overlay::new(&n.index, n.refused.get(&j).unwrap_or(&empty)))
+        };
+        let (mut me, mut peer) = (j, i);
+        let mut sent = 0;
+        for round in 0.. {
+            assert!(round < 64, "no convergence");
+            let s = view_msg(nodes, me, peer, &msg);
+            if round == 0 && s.is_empty() {
+                return (true, 0);
+            }
+            for k in &s.unheld {
+                nodes[me].refused.get_mut(&peer).unwrap().remove(k);
+            }
+            for k in &s.send {
+                let e = *nodes[me].index.get(k).expect("only held items are sent");
+                sent += 1;
+                nodes[peer].take(me, k, e);
+            }
+            for k in &s.want {
+                // The other side answers from its own overlay: nothing for an overlaid key,
+                // and a want that comes without the wanter's own version says it no longer
+                // holds the version shown (what the session does).
+                let p = &nodes[peer];
+                let view = Overlay::new(&p.index, p.refused.get(&me).unwrap_or(&empty));
+                if view.holds(k) {
+                    let e = *p.index.get(k).unwrap();
+                    sent += 1;
+                    nodes[me].take(peer, k, e);
+                } else if !s.send.contains(k)
+                    && let Some(r) = nodes[peer].refused.get_mut(&me)
+                {
+                    r.remove(k);
+                }
+            }
+            if s.ranges.is_empty() {
+                return (false, sent);
+            }
+            msg = s.ranges;
+            std::mem::swap(&mut me, &mut peer);
+        }
+        unreachable!()
+    }
+
+    fn signed_by(signer: u8, e: Entry) -> Entry {
+        Entry {
+            rank: Rank {
+                signer: [signer; 32],
+                ..e.rank
+            },
+            ..e
+        }
+    }
+
+    /// Refuses items signed by key 9 (the key only node 0 accepts).
+    fn refuses_key_9(_: &[u8], e: &Entry) -> bool {
+        e.rank.signer == [9; 32]
+    }
+
+    fn mesh(shared: u64) -> Index {
+        let mut idx = Index::default();
+        for n in 0..shared {
+            idx.insert(key(n), entry(n, 1));
+        }
+        idx
+    }
+
+    #[test]
+    fn three_nodes_one_accepting_an_extra_key_reach_the_in_sync_exchange() {
+        for shared in [5, 500] {
+            // A (0) holds f signed by key 9, which B (1) and C (2) refuse.
+            let mut a = mesh(shared);
+            a.insert(key(7_000), signed_by(9, entry(7_000, 1)));
+            let mut nodes = [
+                Node::new(a, |_, _| false),
+                Node::new(mesh(shared), refuses_key_9),
+                Node::new(mesh(shared), refuses_key_9),
+            ];
+            assert_eq!(session(&mut nodes, 1, 2), (true, 0), "B and C agree");
+            assert!(!session(&mut nodes, 0, 1).0, "first round: B refuses f");
+            assert_eq!(session(&mut nodes, 0, 1), (true, 0), "A to B");
+            assert_eq!(session(&mut nodes, 1, 0), (true, 0), "B to A");
+            assert!(!session(&mut nodes, 2, 0).0, "first round: C refuses f");
+            assert_eq!(session(&mut nodes, 0, 2), (true, 0));
+            assert_eq!(session(&mut nodes, 2, 0), (true, 0));
+            assert_eq!(session(&mut nodes, 2, 1), (true, 0), "B and C still agree");
+            assert_eq!(session(&mut nodes, 1, 2), (true, 0));
+            assert!(nodes[1].index.get(&key(7_000)).is_none() && nodes[2].index.get(&key(7_000)).is_none());
+
+            // A new item everyone accepts still flows through every pair.
+            nodes[0].index.insert(key(8_000), entry(8_000, 1));
+            assert_eq!(session(&mut nodes, 1, 0), (false, 1));
+            assert_eq!(session(&mut nodes, 2, 1), (false, 1));
+            assert_eq!(session(&mut nodes, 0, 2), (true, 0));
+        }
+    }
+
+    #[test]
+    fn a_refused_newer_version_and_a_stale_older_one_converge() {
+        // B (1) holds f@1 by an accepted signer; A (0) holds f@2 signed by key 9: B refuses
+        // A's version, A drops B's as stale.
+        for shared in [5, 500] {
+            let f = key(7_000);
+            let mut a = mesh(shared);
+            a.insert(f.clone(), signed_by(9, entry(7_000, 2)));
+            let mut b = mesh(shared);
+            b.insert(f.clone(), entry(7_000, 1));
+            let mut nodes = [Node::new(a, |_, _| false), Node::new(b, refuses_key_9)];
+            assert!(!session(&mut nodes, 1, 0).0);
+            assert_eq!(session(&mut nodes, 1, 0), (true, 0));
+            assert_eq!(session(&mut nodes, 0, 1), (true, 0));
+            assert_eq!(nodes[1].index.get(&f).unwrap().rank.version, 1, "B keeps its own");
+
+            // A newer version B accepts replaces both, and the refusal is forgotten.
+            nodes[0].index.insert(f.clone(), entry(7_000, 3));
+            assert_eq!(session(&mut nodes, 0, 1), (false, 1));
+            assert!(nodes[1].refused[&0].is_empty());
+            assert_eq!(session(&mut nodes, 1, 0), (true, 0));
+        }
+    }
+
+    #[test]
+    fn a_want_for_an_overlaid_key_gets_nothing_and_a_new_version_replaces_the_refusal() {
+        let f = key(7_000);
+        let mut a = mesh(5);
+        a.insert(f.clone(), signed_by(9, entry(7_000, 2)));
+        let mut b = mesh(5);
+        b.insert(f.clone(), entry(7_000, 1));
+        let mut nodes = [Node::new(a, |_, _| false), Node::new(b, refuses_key_9)];
+        session(&mut nodes, 0, 1);
+        // A moves on to f@3, still signed by key 9: A's key list differs from B's overlay,
+        // so A asks B for f. B shows f@2, which it does not hold: it sends nothing (not its
+        // own older f@1) and refuses A's f@3 in place of f@2.
+        nodes[0].index.insert(f.clone(), signed_by(9, entry(7_000, 3)));
+        let view = Overlay::new(&nodes[1].index, &nodes[1].refused[&0]);
+        assert!(!view.holds(&f));
+        let s = step(&view, &open(&nodes[0].index));
+        assert!(s.send.is_empty() && s.want == [f.clone()], "{s:?}");
+        let (in_sync, sent) = session(&mut nodes, 0, 1);
+        assert!(!in_sync);
+        assert_eq!(sent, 1, "only A's f@3 travelled");
+        assert_eq!(nodes[1].refused[&0][&f].rank.version, 3);
+        assert_eq!(session(&mut nodes, 1, 0), (true, 0));
+    }
+
+    #[test]
+    fn an_overlaid_key_the_peer_no_longer_lists_is_dropped() {
+        let f = key(7_000);
+        let mut a = mesh(5);
+        a.insert(f.clone(), signed_by(9, entry(7_000, 2)));
+        let mut nodes = [Node::new(a, |_, _| false), Node::new(mesh(5), refuses_key_9)];
+        session(&mut nodes, 0, 1);
+        assert_eq!(nodes[1].refused[&0].len(), 1);
+        // A loses f (a damaged body is forgotten at start): B's claim is out of date.
+        nodes[0].index = mesh(5);
+        assert!(!session(&mut nodes, 1, 0).0);
+        assert!(nodes[1].refused[&0].is_empty());
+        assert_eq!(session(&mut nodes, 1, 0), (true, 0));
+        assert_eq!(session(&mut nodes, 0, 1), (true, 0));
+    }
+
+    #[test]
+    fn the_overlay_counts_and_splits_like_an_index_holding_those_versions() {
+        let mut idx = mesh(300);
+        let mut refused = BTreeMap::new();
+        // Lacked, above what we hold, and below what we hold (not shown).
+        refused.insert(key(5_000), signed_by(9, entry(5_000, 1)));
+        refused.insert(key(3), signed_by(9, entry(3, 2)));
+        idx.insert(key(4), entry(4, 5));
+        refused.insert(key(4), signed_by(9, entry(4, 3)));
+        let mut expected = idx.clone();
+        expected.insert(key(5_000), signed_by(9, entry(5_000, 1)));
+        expected.insert(key(3), signed_by(9, entry(3, 2)));
+        let view = Overlay::new(&idx, &refused);
+        for range in std::iter::once(KeyRange::all()).chain(expected.split(&KeyRange::all(), 7)) {
+            assert_eq!(View::summary(&view, &range), expected.summary(&range));
+            assert_eq!(View::keys(&view, &range), expected.keys(&range));
+            assert_eq!(View::split(&view, &range, 16), expected.split(&range, 16));
+        }
+        assert!(!view.holds(&key(3)) && !view.holds(&key(5_000)));
+        assert!(view.holds(&key(4)) && view.holds(&key(10)));
     }
 
     #[test]

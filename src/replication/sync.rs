@@ -10,11 +10,15 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
-use super::item::WireItem;
+use super::index::{Digest, Entry};
+use super::item::{ItemMeta, WireItem};
+use super::policy::Reject;
 use super::protocol::{
-    BodyHeader, FRAME_TIMEOUT, MAX_ROUNDS, MAX_TURN_ITEM_BYTES, ProtocolError, Turn, read_frame, write_frame,
+    BodyHeader, FRAME_TIMEOUT, MAX_ROUNDS, MAX_TURN_ITEM_BYTES, ProtocolError, Turn, read_frame, read_frame_sized,
+    write_frame,
 };
-use super::{Command, Origin, Shared, reconcile};
+use super::reconcile::{self, View};
+use super::{Command, Origin, Shared};
 use crate::identity::PublicKey;
 use crate::rpc::Request;
 use crate::store::{BodyError, CHUNK_SIZE};
@@ -50,6 +54,10 @@ pub(crate) struct Report {
     pub sent: usize,
     /// The peer closed the session without answering: it was serving its limit.
     pub declined: bool,
+    /// Bytes this side wrote on the stream (frame headers included).
+    pub bytes_sent: u64,
+    /// Bytes this side read from the stream (frame headers included).
+    pub bytes_received: u64,
 }
 
 /// Runs replication streams: anti-entropy sessions, body fetches, and the serving side of
@@ -65,12 +73,29 @@ impl Syncer {
     /// Reconciles with `peer` as the initiator.
     pub(crate) async fn reconcile(&self, peer: PublicKey, target: Option<Target>) -> Result<Report, FetchError> {
         let (mut send, mut recv) = self.transport.open_bi(peer, target).await?;
+        let overlay = self.shared.refusals().overlay(&peer);
         let opening = Turn {
-            ranges: reconcile::open(&self.shared.index()),
+            ranges: reconcile::open(&reconcile::Overlay::new(&self.shared.index(), &overlay)),
             ..Turn::default()
         };
-        write_frame(&mut send, &Request::Reconcile(opening)).await?;
-        Ok(self.converse(peer, &mut send, &mut recv, None, true).await?)
+        let mut report = Report {
+            bytes_sent: write_frame(&mut send, &Request::Reconcile(opening)).await? as u64,
+            ..Report::default()
+        };
+        let result = self.converse(peer, &mut send, &mut recv, None, true, &mut report).await;
+        self.count_session(&report);
+        result?;
+        Ok(report)
+    }
+
+    /// Adds a finished session's bytes to the counters (whether it ended well or not).
+    fn count_session(&self, report: &Report) {
+        let stats = &self.shared.stats;
+        stats.sync_bytes_sent.fetch_add(report.bytes_sent, Ordering::Relaxed);
+        stats
+            .sync_bytes_received
+            .fetch_add(report.bytes_received, Ordering::Relaxed);
+        stats.sync_sessions.fetch_add(1, Ordering::Release);
     }
 
     async fn converse(
@@ -80,42 +105,81 @@ impl Syncer {
         recv: &mut quinn::RecvStream,
         mut first: Option<Turn>,
         initiator: bool,
-    ) -> Result<Report, ProtocolError> {
+        report: &mut Report,
+    ) -> Result<(), ProtocolError> {
         let mut outbox = Outbox::default();
-        let mut report = Report::default();
         for round in 0..MAX_ROUNDS {
             let turn = match first.take() {
                 Some(t) => t,
-                None => match read_frame::<Turn>(recv).await? {
-                    Some(t) => t,
+                None => match read_frame_sized::<Turn>(recv).await? {
+                    Some((t, size)) => {
+                        report.bytes_received += size as u64;
+                        t
+                    }
                     // The other side had nothing more to say and closed; before answering
                     // anything, that is a refusal (see `serve_reconcile`).
                     None => {
                         report.declined = initiator && round == 0;
-                        return Ok(report);
+                        return Ok(());
                     }
                 },
             };
             if round == 0 && initiator && turn.is_empty() {
                 report.in_sync = true;
             }
-            let reply = self.answer(peer, turn.clone(), &mut outbox, &mut report).await;
+            let reply = self.answer(peer, turn.clone(), &mut outbox, report).await;
             if reply.is_empty() && turn.is_empty() {
                 send.finish()?;
-                return Ok(report);
+                return Ok(());
             }
-            write_frame(send, &reply).await?;
+            report.bytes_sent += write_frame(send, &reply).await? as u64;
         }
         Err(ProtocolError::Violation("reconciliation did not converge"))
     }
 
     async fn answer(&self, peer: PublicKey, turn: Turn, outbox: &mut Outbox, report: &mut Report) -> Turn {
+        let mut arrived = HashSet::new();
         for wire in turn.items {
             report.received += 1;
+            if let Ok(meta) = ItemMeta::decode(&wire.meta) {
+                arrived.insert(meta.key.to_bytes());
+            }
             self.accept(peer, wire).await;
         }
-        let step = reconcile::step(&self.shared.index(), &turn.ranges);
-        for key in turn.want.into_iter().chain(step.send) {
+        // The peer is shown what we refused from it as if we held it (read after this turn's
+        // items, whose refusals count already).
+        let overlay = self.shared.refusals().overlay(&peer);
+        let (step, unsendable) = {
+            let index = self.shared.index();
+            let view = reconcile::Overlay::new(&index, &overlay);
+            let step = reconcile::step(&view, &turn.ranges);
+            let unsendable: HashSet<&[u8]> = turn
+                .want
+                .iter()
+                .filter(|k| overlay.contains_key(*k) && !view.holds(k))
+                .map(Vec::as_slice)
+                .collect();
+            (step, unsendable)
+        };
+        // A claim the peer contradicts is dropped: it listed a range without the version we
+        // show, or asked for it without sending one of its own (it no longer holds it).
+        let contradicted = step
+            .unheld
+            .iter()
+            .map(Vec::as_slice)
+            .chain(unsendable.iter().copied().filter(|k| !arrived.contains(*k)));
+        {
+            let mut refusals = self.shared.refusals();
+            for key in contradicted {
+                refusals.forget(&peer, key);
+            }
+        }
+        // A want for a version we only show is answered with nothing: what we hold of that
+        // key, if anything, is older than what the peer has.
+        for key in turn.want.iter().filter(|k| !unsendable.contains(k.as_slice())) {
+            outbox.push(key.clone());
+        }
+        for key in step.send {
             outbox.push(key);
         }
         let mut items = Vec::new();
@@ -153,7 +217,7 @@ impl Syncer {
     async fn accept(&self, peer: PublicKey, wire: WireItem) {
         // Both sides send their version of a differing key; the older one is expected traffic
         // here, not a replay worth counting, and needs no signature check.
-        let meta = super::item::ItemMeta::decode(&wire.meta).ok();
+        let meta = ItemMeta::decode(&wire.meta).ok();
         if let Some(meta) = &meta
             && self
                 .shared
@@ -182,10 +246,39 @@ impl Syncer {
             }
             Err(reason) => {
                 self.shared.release_claim(&digest);
-                let what = meta.map(|m| m.key.to_string()).unwrap_or_default();
+                let what = meta.as_ref().map(|m| m.key.to_string()).unwrap_or_default();
                 self.shared.stats.reject_from_peer(reason, &peer, &what);
+                if let Some(meta) = meta {
+                    self.remember_refusal(peer, &meta, digest, reason, what);
+                }
             }
         }
+    }
+
+    /// Remembers a refusal that will not change by itself, so reconciliation with `peer`
+    /// stops bringing that item; the first such refusal of a reason from a peer is logged and
+    /// noticed (for the event log), not the ones after.
+    fn remember_refusal(&self, peer: PublicKey, meta: &ItemMeta, digest: Digest, reason: Reject, what: String) {
+        let entry = Entry {
+            rank: meta.rank(),
+            digest,
+        };
+        if !self.shared.refusals().record(peer, &meta.key.to_bytes(), entry, reason) {
+            return;
+        }
+        tracing::warn!(
+            peer = %peer,
+            reason = reason.label(),
+            item = %what,
+            "a peer offers items this node refuses; not asking it for them again until [files] changes"
+        );
+        let _ = self.shared.refusal_notices.send(super::PeerRefusal {
+            peer,
+            reason,
+            item: what,
+            digest,
+            version: meta.version,
+        });
     }
 
     /// Fetches the body `hash` of `size` bytes from `peer` into the store.
@@ -229,7 +322,8 @@ impl Syncer {
         Ok(())
     }
 
-    /// Answers a reconciliation a peer opened with `turn`. Beyond [`MAX_SERVED_SYNCS`] at once,
+    /// Answers a reconciliation a peer opened with `turn` (a frame of `size` bytes). Beyond
+    /// [`MAX_SERVED_SYNCS`] at once,
     /// closes the stream at once: the peer takes that as a finished session, and its next round
     /// (or ours) does the work. A node that just came up gets a session from every member at
     /// once, each bringing the same items.
@@ -239,6 +333,7 @@ impl Syncer {
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
         turn: Turn,
+        size: usize,
     ) -> Result<(), ProtocolError> {
         let served = &self.shared.served_syncs;
         if served.fetch_add(1, Ordering::AcqRel) >= MAX_SERVED_SYNCS {
@@ -247,8 +342,13 @@ impl Syncer {
             send.finish()?;
             return Ok(());
         }
-        let result = self.converse(peer, send, recv, Some(turn), false).await.map(|_| ());
+        let mut report = Report {
+            bytes_received: size as u64,
+            ..Report::default()
+        };
+        let result = self.converse(peer, send, recv, Some(turn), false, &mut report).await;
         served.fetch_sub(1, Ordering::AcqRel);
+        self.count_session(&report);
         result
     }
 
