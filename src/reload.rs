@@ -4,7 +4,8 @@
 //! renaming) and also reloads on request (`SIGHUP`, [`ReloadHandle::reload`]). A new file is
 //! parsed and validated as at start; if it is broken the running configuration is kept and the
 //! error logged. Otherwise what can change live is applied: `[files]`, `[[schedules]]`,
-//! `[health]`, `[[notify.webhooks]]` and `[cluster] bootstrap`. Changes to anything else
+//! `[health]`, `[[notify.webhooks]]`, `[cluster] bootstrap` and a renewed `[network]`
+//! certificate (the file is read again on every reload). Changes to anything else
 //! (addresses, keys, network, timings) are logged as needing a restart.
 //!
 //! The task owns the health and notifier tasks, because applying `[health]` or webhooks
@@ -22,7 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, HostPort};
 use crate::events::EventLog;
-use crate::identity::PublicKey;
+use crate::identity::{Admission, NodeCertificate, PublicKey, unix_now};
 use crate::membership::MembershipHandle;
 use crate::metrics::Counters;
 use crate::replication::ReplicationHandle;
@@ -37,7 +38,14 @@ pub const REQUEST_CAPACITY: usize = 4;
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Sections applied live, by the name a reload reports.
-pub const LIVE_SECTIONS: [&str; 5] = ["files", "schedules", "health", "notify.webhooks", "cluster.bootstrap"];
+pub const LIVE_SECTIONS: [&str; 6] = [
+    "files",
+    "schedules",
+    "health",
+    "notify.webhooks",
+    "cluster.bootstrap",
+    "network.certificate",
+];
 
 /// What a reload did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,6 +107,8 @@ pub struct Reloader {
     pub schedules: SchedulesHandle,
     /// The join task's bootstrap list.
     pub bootstrap: watch::Sender<Vec<HostPort>>,
+    /// The certificate this node presents (read by the task watching its expiry).
+    pub certificate: watch::Sender<Option<NodeCertificate>>,
     /// This node's record, republished when its webhooks change.
     pub node_info: NodeInfo,
     /// This node's key.
@@ -189,6 +199,46 @@ async fn run(mut r: Reloader, mut rx: mpsc::Receiver<Request>) {
     stop_task(notify.take()).await;
 }
 
+/// The certificate `new` configures, when it replaces the one this node presents: it must
+/// admit this node's key, come from the same network, carry the same name, and be valid now.
+/// `Ok(None)` when it is the same certificate, or when the node runs without one (adding or
+/// removing a certificate changes `[network]`, which needs a restart).
+fn renewed_certificate(r: &Reloader, new: &Config) -> Result<Option<NodeCertificate>, String> {
+    let Some(running) = r.certificate.borrow().clone() else {
+        return Ok(None);
+    };
+    let Some(cert) = new.certificate(&r.path).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    if cert == running {
+        return Ok(None);
+    }
+    let refuse = |why: String| Err(format!("{}: renewed certificate refused: {why}", r.path.display()));
+    if cert.node_key != r.local {
+        return refuse(format!(
+            "it admits node key {}, but this node's key is {}",
+            cert.node_key, r.local
+        ));
+    }
+    if cert.network_key != running.network_key {
+        return refuse(format!(
+            "it was issued by network {}, but this node is in network {} (changing networks needs a restart)",
+            cert.network_key, running.network_key
+        ));
+    }
+    if cert.name != running.name {
+        return refuse(format!(
+            "it names the node {:?}, but it runs as {:?} (renaming needs a restart)",
+            cert.name, running.name
+        ));
+    }
+    // What peers will check: the same rules, now.
+    if let Err(refusal) = Admission::new(Some(running.network_key), []).check(&r.local, Some(&cert), unix_now()) {
+        return refuse(refusal.to_string());
+    }
+    Ok(Some(cert))
+}
+
 /// Watches `path`'s directory for changes to `path`; `None` (logged) if it cannot.
 fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
@@ -236,9 +286,36 @@ async fn reload(
             return Err(e.to_string());
         }
     };
+    // A renewed certificate is checked and put in place first: if it is refused, nothing
+    // else is applied either.
+    let renewed = match renewed_certificate(r, &new) {
+        Ok(renewed) => renewed,
+        Err(e) => {
+            r.counters.reloads_refused.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, "config reload refused; the running configuration is kept");
+            return Err(e);
+        }
+    };
+    let renewing = renewed.is_some();
+    if let Some(cert) = renewed {
+        if let Err(e) = r.transport.renew_certificate(cert.to_bytes()) {
+            r.counters.reloads_refused.fetch_add(1, Ordering::Relaxed);
+            let e = format!("renewed certificate not applied: {e}");
+            error!(error = %e, "config reload refused; the running configuration is kept");
+            return Err(e);
+        }
+        info!(
+            not_after = %crate::time::rfc3339_ms(cert.not_after.saturating_mul(1000)),
+            "presenting the renewed certificate"
+        );
+        r.certificate.send_replace(Some(cert));
+    }
     let old = std::mem::replace(&mut r.current, new);
     let new = &r.current;
     let mut done = Applied::default();
+    if renewing {
+        done.applied.push("network.certificate");
+    }
     if new.files != old.files {
         r.replication.set_files(files_policy(new)).await;
         done.applied.push("files");
@@ -267,10 +344,14 @@ async fn reload(
     }
     let mut old_cluster = old.cluster.clone();
     old_cluster.bootstrap = new.cluster.bootstrap.clone();
+    // Where the certificate comes from is compared through the certificate itself (above).
+    let mut old_network = old.network.clone();
+    old_network.certificate = new.network.certificate.clone();
+    old_network.certificate_file = new.network.certificate_file.clone();
     for (section, changed) in [
         ("node", new.node != old.node),
         ("cluster", new.cluster != old_cluster),
-        ("network", new.network != old.network),
+        ("network", new.network != old_network),
         ("http", new.http != old.http),
         ("replication", new.replication != old.replication),
     ] {
@@ -285,7 +366,7 @@ async fn reload(
     // Sections that need a restart stay as they run, so the next reload compares against them.
     r.current.node = old.node;
     r.current.cluster = old_cluster;
-    r.current.network = old.network;
+    r.current.network = old_network;
     r.current.http = old.http;
     r.current.replication = old.replication;
     r.counters.reloads_applied.fetch_add(1, Ordering::Relaxed);

@@ -48,6 +48,10 @@ pub enum EventKind {
     CheckOk,
     /// A job failed, timed out or was cut off.
     JobFailed,
+    /// This node's own certificate expires within 7 days, within 1 day, or has expired
+    /// (`detail` says which). Raised by that node only, so not offered to webhooks (no other
+    /// member could confirm it); `shoal_certificate_expiry_timestamp_seconds` is for alerting.
+    CertificateExpiring,
 }
 
 impl EventKind {
@@ -64,10 +68,12 @@ impl EventKind {
             EventKind::CheckFailing => "check_failing",
             EventKind::CheckOk => "check_ok",
             EventKind::JobFailed => "job_failed",
+            EventKind::CertificateExpiring => "certificate_expiring",
         }
     }
 
-    /// Every kind.
+    /// Every kind a webhook can subscribe to: events about the mesh, which every member
+    /// derives (all but [`EventKind::CertificateExpiring`]).
     pub const ALL: [EventKind; 10] = [
         EventKind::NodeJoined,
         EventKind::NodeRestarted,

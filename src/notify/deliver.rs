@@ -30,6 +30,7 @@ pub fn message(event: &Event) -> String {
             event.job.as_deref().unwrap_or("?"),
             event.schedule.as_deref().unwrap_or("?")
         ),
+        EventKind::CertificateExpiring => format!("🟠 {node}{error}"),
     }
 }
 

@@ -6,6 +6,7 @@
 //! task through a bounded channel with `try_send`; when it is full they are dropped and
 //! counted, as a lossy network would, so a slow consumer never stalls a connection task.
 
+pub mod expiry;
 mod frame;
 pub mod tls;
 
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+pub use expiry::Expired;
 pub use frame::Channel;
 pub use tls::{Claims, PeerInfo};
 
@@ -165,8 +167,11 @@ pub struct Stats {
     pub connections_opened: AtomicU64,
     /// Outgoing dials that failed.
     pub dial_failures: AtomicU64,
-    /// Peers refused by admission, both directions.
+    /// Peers refused by admission, both directions, at the handshake or when their
+    /// certificate expired while connected.
     pub refusals: AtomicU64,
+    /// Expiry notices membership could not take (its queue was full).
+    pub expiry_notices_dropped: AtomicU64,
 }
 
 /// A boxed future returned by a [`StreamHandler`].
@@ -200,6 +205,14 @@ struct Pool {
 struct Inner {
     endpoint: quinn::Endpoint,
     tls: tls::TlsConfigs,
+    /// Our key, to build a new TLS certificate when the network certificate is renewed.
+    secret: SecretKey,
+    /// What our TLS certificate says now.
+    claims: Mutex<Claims>,
+    /// Peers whose certificate expired while connected, for membership.
+    expired: mpsc::Sender<Expired>,
+    /// Its receiving end, until [`Transport::take_expired`].
+    expired_rx: Mutex<Option<mpsc::Receiver<Expired>>>,
     admission: Arc<Admission>,
     transport_config: Arc<quinn::TransportConfig>,
     local_key: PublicKey,
@@ -256,9 +269,7 @@ impl Transport {
         .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
         let transport_config = Arc::new(tc);
 
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server()?));
-        server.transport_config(transport_config.clone());
-        server.max_incoming(MAX_PENDING_HANDSHAKES);
+        let server = server_config(&tls, &transport_config)?;
 
         // Stateless resets keyed by the node key: after a restart on the same address, peers
         // still holding a connection to the previous run get a reset instead of silence.
@@ -280,9 +291,14 @@ impl Transport {
             source,
         })?;
 
+        let (expired, expired_rx) = mpsc::channel(expiry::EXPIRED_CAPACITY);
         let inner = Arc::new(Inner {
             endpoint,
             tls,
+            secret: secret.clone(),
+            claims: Mutex::new(claims.clone()),
+            expired,
+            expired_rx: Mutex::new(Some(expired_rx)),
             admission,
             transport_config,
             local_key: secret.public(),
@@ -311,6 +327,12 @@ impl Transport {
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    /// The notices of peers whose certificate expired while connected (see [`expiry`]), for
+    /// membership; `None` after the first call.
+    pub fn take_expired(&self) -> Option<mpsc::Receiver<Expired>> {
+        self.inner.expired_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Number of open connections.
@@ -596,13 +618,38 @@ impl Transport {
     async fn read_loop(self, conn: quinn::Connection, info: PeerInfo) {
         let name: Arc<str> = Arc::from(info.name.as_str());
         let stats = &self.inner.stats;
+        // A peer admitted by certificate is cut when it expires (see `expiry`).
+        let mut expiry = info.not_after.map(|not_after| {
+            let wait = expiry::sleep_before_check(not_after, crate::time::unix_ms());
+            (not_after, Box::pin(tokio::time::sleep(wait)))
+        });
+        let mut expired = None;
         loop {
+            let expiry_due = async {
+                match &mut expiry {
+                    Some((_, sleep)) => sleep.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
             let datagram = tokio::select! {
                 _ = self.inner.cancel.cancelled() => break,
+                () = expiry_due => {
+                    let Some((not_after, sleep)) = &mut expiry else { continue };
+                    let now_ms = crate::time::unix_ms();
+                    if expiry::is_expired(*not_after, now_ms) {
+                        self.cut_expired(&conn, &info, *not_after);
+                        expired = Some(*not_after);
+                        break;
+                    }
+                    let wait = expiry::sleep_before_check(*not_after, now_ms);
+                    sleep.as_mut().reset(tokio::time::Instant::now() + wait);
+                    continue;
+                }
                 d = conn.read_datagram() => match d {
                     Ok(d) => d,
                     Err(e) => {
                         debug!(peer = %info.key.short(), reason = %e, "connection closed");
+                        self.note_close(&info.key, &e);
                         break;
                     }
                 },
@@ -613,6 +660,7 @@ impl Transport {
                     }
                     Err(e) => {
                         debug!(peer = %info.key.short(), reason = %e, "connection closed");
+                        self.note_close(&info.key, &e);
                         break;
                     }
                 },
@@ -650,6 +698,10 @@ impl Transport {
         pool.live.remove(&conn.stable_id());
         pool.closed_udp.0 += stats.udp_tx.bytes;
         pool.closed_udp.1 += stats.udp_rx.bytes;
+        drop(pool);
+        if let Some(not_after) = expired {
+            self.report_expired(&info, not_after);
+        }
     }
 
     fn on_stream(&self, peer: &PeerInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
@@ -745,6 +797,17 @@ impl Transport {
     pub async fn stopped(&self) {
         self.inner.tracker.wait().await;
     }
+}
+
+/// The endpoint's server side: our current certificate, and the transport settings.
+fn server_config(
+    tls: &tls::TlsConfigs,
+    transport_config: &Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server()?));
+    server.transport_config(transport_config.clone());
+    server.max_incoming(MAX_PENDING_HANDSHAKES);
+    Ok(server)
 }
 
 fn peer_info(conn: &quinn::Connection, admission: &Admission) -> Result<PeerInfo, Refusal> {

@@ -66,6 +66,9 @@ pub struct PeerInfo {
     pub generation: u64,
     /// How it was admitted.
     pub admitted: Admitted,
+    /// End of its network certificate's validity (Unix seconds, inclusive) when it was
+    /// admitted by certificate: the connection ends when it passes. `None` for the allowlist.
+    pub not_after: Option<u64>,
 }
 
 /// Our own TLS certificate and key.
@@ -148,15 +151,16 @@ pub fn inspect_peer(der: &[u8], admission: &Admission, now: u64) -> Result<PeerI
         None => None,
     };
     let admitted = admission.check(&key, network_cert.as_ref(), now)?;
-    let name = match &admitted {
-        Admitted::Certificate { name } => name.clone(),
-        Admitted::Allowlist => claims.name.clone(),
+    let (name, not_after) = match &admitted {
+        Admitted::Certificate { name } => (name.clone(), network_cert.map(|c| c.not_after)),
+        Admitted::Allowlist => (claims.name.clone(), None),
     };
     Ok(PeerInfo {
         key,
         name,
         generation: claims.generation,
         admitted,
+        not_after,
     })
 }
 
@@ -329,7 +333,9 @@ impl ClientCertVerifier for PeerVerifier {
 
 /// Builds the rustls configurations for one node.
 pub struct TlsConfigs {
-    local: LocalCert,
+    /// Our certificate; replaced when the node's network certificate is renewed. Configs
+    /// built earlier keep the one they were built with.
+    local: std::sync::RwLock<Arc<LocalCert>>,
     admission: Arc<Admission>,
     provider: Arc<CryptoProvider>,
     on_refusal: RefusalHook,
@@ -339,11 +345,20 @@ impl TlsConfigs {
     /// TLS material for a node with certificate `local`, admitting per `admission`.
     pub fn new(local: LocalCert, admission: Arc<Admission>, on_refusal: RefusalHook) -> Self {
         TlsConfigs {
-            local,
+            local: std::sync::RwLock::new(Arc::new(local)),
             admission,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             on_refusal,
         }
+    }
+
+    /// Presents `local` on every handshake from now on; returns the previous certificate.
+    pub fn set_local(&self, local: Arc<LocalCert>) -> Arc<LocalCert> {
+        std::mem::replace(&mut *self.local.write().unwrap_or_else(|e| e.into_inner()), local)
+    }
+
+    fn local(&self) -> Arc<LocalCert> {
+        self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn verifier(&self, expected: Option<PublicKey>) -> Arc<PeerVerifier> {
@@ -357,10 +372,11 @@ impl TlsConfigs {
 
     /// Server side: requires and verifies a client certificate.
     pub fn server(&self) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        let local = self.local();
         let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(self.verifier(None))
-            .with_single_cert(self.local.chain(), self.local.private_key())?;
+            .with_single_cert(local.chain(), local.private_key())?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         // No session resumption (see `client`): no tickets to send, no sessions to keep.
         cfg.send_tls13_tickets = 0;
@@ -370,11 +386,12 @@ impl TlsConfigs {
 
     /// Client side: presents our certificate; accepts only `expected` when given.
     pub fn client(&self, expected: Option<PublicKey>) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+        let local = self.local();
         let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(self.verifier(expected))
-            .with_client_auth_cert(self.local.chain(), self.local.private_key())?;
+            .with_client_auth_cert(local.chain(), local.private_key())?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         // Every connection is a full handshake, so admission (certificate, expiry, network
         // key) is checked each time, never skipped by a resumed session. A config is built per
