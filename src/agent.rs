@@ -138,6 +138,11 @@ impl AgentHandle {
         self.transport.stats()
     }
 
+    /// The peers this node holds a connection to, as their certificates admitted them.
+    pub fn peers(&self) -> Vec<transport::PeerInfo> {
+        self.transport.connected_peers()
+    }
+
     /// Membership counters.
     pub fn membership_stats(&self) -> &membership::Stats {
         self.membership.stats()

@@ -118,7 +118,9 @@ fn raise_stage(events: &EventLog, key: PublicKey, cert: &NodeCertificate, stage:
             not_after = %at,
             "this node's certificate has expired: peers refuse it. Issue a new one with `shoal cert sign` and reload"
         ),
-        _ => warn!(not_after = %at, "this node's certificate {}; renew it with `shoal cert sign` and reload", stage.as_str()),
+        _ => {
+            warn!(not_after = %at, "this node's certificate {}; renew it with `shoal cert sign` and reload", stage.as_str())
+        }
     }
     let kind = EventKind::CertificateExpiring;
     let id = event_id(kind, &key, &[&cert.to_bytes(), stage.as_str().as_bytes()]);
@@ -187,15 +189,11 @@ mod tests {
         let node = crate::identity::SecretKey::generate().public();
         let now = unix_now();
         let issue = |not_after| NodeCertificate::issue(&net, node, "n", now - 10, not_after).unwrap();
-        let (tx, rx) = watch::channel(Some(issue(now + 3 * DAY_BEFORE)));
+        let (tx, rx) = watch::channel(Some(issue(now + 3600)));
         let gauge = Arc::new(AtomicU64::new(0));
         let task = spawn(rx, log.clone(), node, gauge.clone());
-        let stages = |log: &EventLog| -> Vec<String> {
-            log.recent(0, 100)
-                .into_iter()
-                .filter_map(|e| e.detail)
-                .collect()
-        };
+        let stages =
+            |log: &EventLog| -> Vec<String> { log.recent(0, 100).into_iter().filter_map(|e| e.detail).collect() };
         let wait = |want: usize| {
             let log = log.clone();
             async move {
@@ -208,21 +206,22 @@ mod tests {
             }
         };
         wait(1).await;
-        assert_eq!(gauge.load(Ordering::Relaxed), now + 3 * DAY_BEFORE);
-        assert_eq!(stages(&log).len(), 1);
-        assert!(stages(&log)[0].contains("within 7 days"));
-
-        // Renewed, but with a day left: a new certificate, so its stage is raised.
-        tx.send_replace(Some(issue(now + 3600)));
-        wait(2).await;
         assert_eq!(gauge.load(Ordering::Relaxed), now + 3600);
+        assert_eq!(stages(&log).len(), 1);
+        assert!(stages(&log)[0].contains("within 1 day"));
+
+        // Renewed for only 3 days: a new certificate, so its (looser) stage is raised too.
+        let renewed = issue(now + 3 * DAY_BEFORE);
+        tx.send_replace(Some(renewed.clone()));
+        wait(2).await;
+        assert_eq!(gauge.load(Ordering::Relaxed), now + 3 * DAY_BEFORE);
         let seen = stages(&log);
         assert_eq!(seen.len(), 2, "{seen:?}");
-        assert!(seen[1].contains("within 1 day"));
+        assert!(seen[1].contains("within 7 days"));
 
-        // The same certificate again (an unrelated reload, a restart): nothing new.
+        // The same certificate again (a restart): nothing new.
         task.abort();
-        let (_tx2, rx2) = watch::channel(Some(issue(now + 3600)));
+        let (_tx2, rx2) = watch::channel(Some(renewed));
         let again = spawn(rx2, log.clone(), node, gauge.clone());
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(stages(&log).len(), 2, "raised once per certificate");

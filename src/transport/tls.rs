@@ -438,6 +438,13 @@ mod tests {
         let local = LocalCert::new(&secret, &claims).unwrap();
         let peer = inspect_peer(&local.cert, &Admission::new(Some(net.public()), []), unix_now()).unwrap();
         assert_eq!(peer.name, "vouched");
+        assert_eq!(
+            peer.not_after,
+            Some(u64::MAX),
+            "the connection ends with the certificate"
+        );
+        let allow = Admission::new(None, [secret.public()]);
+        assert_eq!(inspect_peer(&local.cert, &allow, unix_now()).unwrap().not_after, None);
     }
 
     #[test]
