@@ -347,6 +347,23 @@ async fn a_renewal_for_another_key_network_or_name_is_refused_and_changes_nothin
     std::fs::write(&x_node.cert_file, original).unwrap();
     let applied = x.reload().await.unwrap();
     assert!(!applied.applied.contains(&"network.certificate"), "{applied:?}");
+
+    // A renewal given inline instead of as a file is applied the same way.
+    let inline_until = unix_now() + 7200;
+    let inline = NodeCertificate::issue(&net.key, x.key, "x", unix_now() - 60, inline_until).unwrap();
+    let toml = std::fs::read_to_string(&x_node.config).unwrap().replace(
+        "certificate_file = \"node.cert\"",
+        &format!("certificate = \"{}\"", inline.to_base64()),
+    );
+    // (The agent watches its config file, so that write alone reloads it.)
+    std::fs::write(&x_node.config, toml).unwrap();
+    eventually(Duration::from_secs(5), "a sees the inline certificate", || {
+        seen_not_after(&a, &x.key) == Some(inline_until)
+    })
+    .await;
+    let applied = x.reload().await.unwrap();
+    assert!(applied.need_restart.is_empty(), "{applied:?}");
+    assert_eq!(expiry_gauge(x.http_addr).await, Some(inline_until));
     a.shutdown().await;
     x.shutdown().await;
 }
