@@ -170,8 +170,10 @@ async fn run(mut r: Reloader, mut rx: mpsc::Receiver<Request>) {
     let mut health = Some(r.spawn_health());
     let mut notify = r.spawn_notify();
     let (fs_tx, mut fs_rx) = mpsc::channel::<()>(1);
+    // The config file, and the certificate file: writing a renewed certificate is enough.
+    let mut watched = watched_files(&r);
     // Kept alive for as long as the task runs; dropping it stops the watch.
-    let _watcher = watch_file(&r.path, fs_tx);
+    let mut _watcher = watch_files(&watched, fs_tx.clone());
     loop {
         tokio::select! {
             request = rx.recv() => match request {
@@ -193,6 +195,10 @@ async fn run(mut r: Reloader, mut rx: mpsc::Receiver<Request>) {
                 while fs_rx.try_recv().is_ok() {}
                 let _ = reload(&mut r, &mut health, &mut notify).await;
             }
+        }
+        if watched_files(&r) != watched {
+            watched = watched_files(&r);
+            _watcher = watch_files(&watched, fs_tx.clone());
         }
     }
     stop_task(health.take()).await;
@@ -239,21 +245,31 @@ fn renewed_certificate(r: &Reloader, new: &Config) -> Result<Option<NodeCertific
     Ok(Some(cert))
 }
 
-/// Watches `path`'s directory for changes to `path`; `None` (logged) if it cannot.
-fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+/// The files whose changes trigger a reload: the config file, and the certificate file when
+/// the certificate is one.
+fn watched_files(r: &Reloader) -> Vec<PathBuf> {
+    let mut files = vec![r.path.clone()];
+    files.extend(r.current.certificate_path(&r.path));
+    files
+}
+
+/// Watches the directories of `paths` for changes to those files (editors and renewal tools
+/// replace files by renaming); `None` (logged) if it cannot watch the config file.
+fn watch_files(paths: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    if !path.is_file() {
+    let config = paths.first()?;
+    if !config.is_file() {
         return None;
     }
-    let dir = match path.parent() {
+    let dir_of = |path: &Path| match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name()?.to_os_string();
+    let names: HashSet<std::ffi::OsString> = paths.iter().filter_map(|p| p.file_name()).map(Into::into).collect();
     let handler = move |event: notify::Result<notify::Event>| {
         if let Ok(e) = event
             && !matches!(e.kind, notify::EventKind::Access(_))
-            && e.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+            && e.paths.iter().any(|p| p.file_name().is_some_and(|n| names.contains(n)))
         {
             // A full channel means a reload is already pending.
             let _ = tx.try_send(());
@@ -266,9 +282,14 @@ fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWa
             return None;
         }
     };
-    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
-        return None;
+    let dirs: HashSet<PathBuf> = paths.iter().map(|p| dir_of(p)).collect();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            warn!(dir = %dir.display(), error = %e, "cannot watch this directory; reload with SIGHUP after changing its files");
+            if dir == dir_of(config) {
+                return None;
+            }
+        }
     }
     Some(watcher)
 }
