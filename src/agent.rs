@@ -100,7 +100,7 @@ pub struct AgentHandle {
     reloader: crate::reload::ReloadHandle,
     replication_task: JoinHandle<()>,
     /// Health report and checks; events derived from membership and reports; the scheduler;
-    /// the notifier.
+    /// the notifier; the watch on our own certificate.
     side_tasks: Vec<JoinHandle<()>>,
     membership_task: JoinHandle<()>,
     join_task: JoinHandle<()>,
@@ -136,6 +136,11 @@ impl AgentHandle {
     /// Transport counters.
     pub fn transport_stats(&self) -> &transport::Stats {
         self.transport.stats()
+    }
+
+    /// The peers this node holds a connection to, as their certificates admitted them.
+    pub fn peers(&self) -> Vec<transport::PeerInfo> {
+        self.transport.connected_peers()
     }
 
     /// Membership counters.
@@ -354,6 +359,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         &core_config,
         transport.clone(),
         inbox_rx,
+        transport.take_expired(),
         replication.broadcast_filter(),
         Some(events_tx),
     );
@@ -384,6 +390,14 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
     );
     let events_task = crate::events::spawn(events.clone(), membership.clone(), replication.clone(), names.clone());
     let counters = Arc::new(crate::metrics::Counters::default());
+    // The certificate this node presents; the reload task replaces it on renewal.
+    let (certificate_tx, certificate_rx) = watch::channel(certificate.clone());
+    let cert_task = crate::cert_watch::spawn(
+        certificate_rx,
+        events.clone(),
+        key,
+        counters.certificate_not_after.clone(),
+    );
     let jobs = crate::schedules::jobs::JobStore::open(&store)?;
     let (schedules, schedules_task) = crate::schedules::spawn(crate::schedules::SchedulerContext {
         schedules: config.schedules.clone(),
@@ -427,6 +441,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         schedules: schedules.clone(),
         bootstrap: bootstrap_tx,
         http_access: access_tx,
+        certificate: certificate_tx,
         node_info: info,
         local: key,
         started_at_ms,
@@ -453,6 +468,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             events_task.abort();
             names_task.abort();
             schedules_task.abort();
+            cert_task.abort();
             return Err(AgentError::Http {
                 addr: config.http.listen,
                 source,
@@ -520,7 +536,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         replication_task,
         schedules,
         reloader,
-        side_tasks: vec![events_task, names_task, schedules_task, reload_task],
+        side_tasks: vec![events_task, names_task, schedules_task, reload_task, cert_task],
         membership_task,
         join_task,
         http_task,

@@ -12,6 +12,7 @@
 //! - [`cli`]: the `shoal` command line.
 
 pub mod agent;
+pub mod cert_watch;
 pub mod cli;
 pub mod codec;
 pub mod config;

@@ -34,6 +34,8 @@ pub struct Counters {
     pub reloads_applied: AtomicU64,
     /// Configuration reloads refused (the running configuration was kept).
     pub reloads_refused: AtomicU64,
+    /// End of validity of this node's certificate, Unix seconds (0: no certificate).
+    pub certificate_not_after: std::sync::Arc<AtomicU64>,
 }
 
 impl Counters {

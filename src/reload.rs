@@ -4,9 +4,10 @@
 //! renaming) and also reloads on request (`SIGHUP`, [`ReloadHandle::reload`]). A new file is
 //! parsed and validated as at start; if it is broken the running configuration is kept and the
 //! error logged. Otherwise what can change live is applied: `[files]`, `[[schedules]]`,
-//! `[health]`, `[[notify.webhooks]]`, `[cluster] bootstrap` and `[http] allowed_hosts` and
+//! `[health]`, `[[notify.webhooks]]`, `[cluster] bootstrap`, `[http] allowed_hosts` and
 //! `token_file` (the token file is read again on every reload, so a rotated token applies
-//! with SIGHUP). Changes to anything else (addresses, keys, network, timings) are logged as
+//! with SIGHUP) and a renewed `[network]` certificate (its file is read again on every
+//! reload). Changes to anything else (addresses, keys, network, timings) are logged as
 //! needing a restart.
 //!
 //! The task owns the health and notifier tasks, because applying `[health]` or webhooks
@@ -25,7 +26,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, HostPort};
 use crate::events::EventLog;
 use crate::http::guard::Access;
-use crate::identity::PublicKey;
+use crate::identity::{Admission, NodeCertificate, PublicKey, unix_now};
 use crate::membership::MembershipHandle;
 use crate::metrics::Counters;
 use crate::replication::ReplicationHandle;
@@ -40,7 +41,7 @@ pub const REQUEST_CAPACITY: usize = 4;
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Sections applied live, by the name a reload reports.
-pub const LIVE_SECTIONS: [&str; 7] = [
+pub const LIVE_SECTIONS: [&str; 8] = [
     "files",
     "schedules",
     "health",
@@ -48,6 +49,7 @@ pub const LIVE_SECTIONS: [&str; 7] = [
     "cluster.bootstrap",
     "http.allowed_hosts",
     "http.token_file",
+    "network.certificate",
 ];
 
 /// What a reload did.
@@ -112,6 +114,8 @@ pub struct Reloader {
     pub bootstrap: watch::Sender<Vec<HostPort>>,
     /// What the HTTP guard allows (hosts, token).
     pub http_access: watch::Sender<Arc<Access>>,
+    /// The certificate this node presents (read by the task watching its expiry).
+    pub certificate: watch::Sender<Option<NodeCertificate>>,
     /// This node's record, republished when its webhooks change.
     pub node_info: NodeInfo,
     /// This node's key.
@@ -173,8 +177,10 @@ async fn run(mut r: Reloader, mut rx: mpsc::Receiver<Request>) {
     let mut health = Some(r.spawn_health());
     let mut notify = r.spawn_notify();
     let (fs_tx, mut fs_rx) = mpsc::channel::<()>(1);
+    // The config file, and the certificate file: writing a renewed certificate is enough.
+    let mut watched = watched_files(&r);
     // Kept alive for as long as the task runs; dropping it stops the watch.
-    let _watcher = watch_file(&r.path, fs_tx);
+    let mut _watcher = watch_files(&watched, fs_tx.clone());
     loop {
         tokio::select! {
             request = rx.recv() => match request {
@@ -197,26 +203,80 @@ async fn run(mut r: Reloader, mut rx: mpsc::Receiver<Request>) {
                 let _ = reload(&mut r, &mut health, &mut notify).await;
             }
         }
+        if watched_files(&r) != watched {
+            watched = watched_files(&r);
+            _watcher = watch_files(&watched, fs_tx.clone());
+        }
     }
     stop_task(health.take()).await;
     stop_task(notify.take()).await;
 }
 
-/// Watches `path`'s directory for changes to `path`; `None` (logged) if it cannot.
-fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+/// The certificate `new` configures, when it replaces the one this node presents: it must
+/// admit this node's key, come from the same network, carry the same name, and be valid now.
+/// `Ok(None)` when it is the same certificate, or when the node runs without one (adding or
+/// removing a certificate changes `[network]`, which needs a restart).
+fn renewed_certificate(r: &Reloader, new: &Config) -> Result<Option<NodeCertificate>, String> {
+    let Some(running) = r.certificate.borrow().clone() else {
+        return Ok(None);
+    };
+    let Some(cert) = new.certificate(&r.path).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    if cert == running {
+        return Ok(None);
+    }
+    let refuse = |why: String| Err(format!("{}: renewed certificate refused: {why}", r.path.display()));
+    if cert.node_key != r.local {
+        return refuse(format!(
+            "it admits node key {}, but this node's key is {}",
+            cert.node_key, r.local
+        ));
+    }
+    if cert.network_key != running.network_key {
+        return refuse(format!(
+            "it was issued by network {}, but this node is in network {} (changing networks needs a restart)",
+            cert.network_key, running.network_key
+        ));
+    }
+    if cert.name != running.name {
+        return refuse(format!(
+            "it names the node {:?}, but it runs as {:?} (renaming needs a restart)",
+            cert.name, running.name
+        ));
+    }
+    // What peers will check: the same rules, now.
+    if let Err(refusal) = Admission::new(Some(running.network_key), []).check(&r.local, Some(&cert), unix_now()) {
+        return refuse(refusal.to_string());
+    }
+    Ok(Some(cert))
+}
+
+/// The files whose changes trigger a reload: the config file, and the certificate file when
+/// the certificate is one.
+fn watched_files(r: &Reloader) -> Vec<PathBuf> {
+    let mut files = vec![r.path.clone()];
+    files.extend(r.current.certificate_path(&r.path));
+    files
+}
+
+/// Watches the directories of `paths` for changes to those files (editors and renewal tools
+/// replace files by renaming); `None` (logged) if it cannot watch the config file.
+fn watch_files(paths: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    if !path.is_file() {
+    let config = paths.first()?;
+    if !config.is_file() {
         return None;
     }
-    let dir = match path.parent() {
+    let dir_of = |path: &Path| match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name()?.to_os_string();
+    let names: HashSet<std::ffi::OsString> = paths.iter().filter_map(|p| p.file_name()).map(Into::into).collect();
     let handler = move |event: notify::Result<notify::Event>| {
         if let Ok(e) = event
             && !matches!(e.kind, notify::EventKind::Access(_))
-            && e.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+            && e.paths.iter().any(|p| p.file_name().is_some_and(|n| names.contains(n)))
         {
             // A full channel means a reload is already pending.
             let _ = tx.try_send(());
@@ -229,9 +289,14 @@ fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWa
             return None;
         }
     };
-    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
-        return None;
+    let dirs: HashSet<PathBuf> = paths.iter().map(|p| dir_of(p)).collect();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            warn!(dir = %dir.display(), error = %e, "cannot watch this directory; reload with SIGHUP after changing its files");
+            if dir == dir_of(config) {
+                return None;
+            }
+        }
     }
     Some(watcher)
 }
@@ -279,9 +344,39 @@ async fn reload(
             return Err(e.to_string());
         }
     };
+    // A renewed certificate is checked and put in place first: if it is refused, nothing
+    // else is applied either.
+    let renewed = match renewed_certificate(r, &new) {
+        Ok(renewed) => renewed,
+        Err(e) => {
+            r.counters.reloads_refused.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, "config reload refused; the running configuration is kept");
+            return Err(e);
+        }
+    };
+    let renewing = renewed.is_some();
+    if let Some(cert) = renewed {
+        if let Err(e) = r.transport.renew_certificate(cert.to_bytes()) {
+            r.counters.reloads_refused.fetch_add(1, Ordering::Relaxed);
+            let e = format!("renewed certificate not applied: {e}");
+            error!(error = %e, "config reload refused; the running configuration is kept");
+            return Err(e);
+        }
+        info!(
+            not_after = %crate::time::rfc3339_ms(cert.not_after.saturating_mul(1000)),
+            "presenting the renewed certificate"
+        );
+        // Peers learn the renewed certificate at their next handshake; the node record
+        // carries it to every other node, which checks our name against it.
+        r.node_info.network_cert = Some(cert.to_bytes());
+        r.certificate.send_replace(Some(cert));
+    }
     let old = std::mem::replace(&mut r.current, new);
     let new = &r.current;
     let mut done = Applied::default();
+    if renewing {
+        done.applied.push("network.certificate");
+    }
     if new.files != old.files {
         r.replication.set_files(files_policy(new)).await;
         done.applied.push("files");
@@ -300,21 +395,28 @@ async fn reload(
         done.applied.push("health");
     }
     apply_http_access(r, &old, &mut done);
-    if new.notify != old.notify {
+    let webhooks_changed = new.notify != old.notify;
+    if webhooks_changed {
         stop_task(notify.take()).await;
         *notify = r.spawn_notify();
         r.node_info.webhooks = crate::notify::hook_ids(new);
-        if let Ok(content) = crate::codec::encode(&r.node_info) {
-            r.replication.publish(RecordKind::NodeInfo, content).await;
-        }
         done.applied.push("notify.webhooks");
+    }
+    if (webhooks_changed || renewing)
+        && let Ok(content) = crate::codec::encode(&r.node_info)
+    {
+        r.replication.publish(RecordKind::NodeInfo, content).await;
     }
     let mut old_cluster = old.cluster.clone();
     old_cluster.bootstrap = new.cluster.bootstrap.clone();
+    // Where the certificate comes from is compared through the certificate itself (above).
+    let mut old_network = old.network.clone();
+    old_network.certificate = new.network.certificate.clone();
+    old_network.certificate_file = new.network.certificate_file.clone();
     for (section, changed) in [
         ("node", new.node != old.node),
         ("cluster", new.cluster != old_cluster),
-        ("network", new.network != old.network),
+        ("network", new.network != old_network),
         ("http.listen", new.http.listen != old.http.listen),
         ("replication", new.replication != old.replication),
     ] {
@@ -329,7 +431,7 @@ async fn reload(
     // Sections that need a restart stay as they run, so the next reload compares against them.
     r.current.node = old.node;
     r.current.cluster = old_cluster;
-    r.current.network = old.network;
+    r.current.network = old_network;
     r.current.http.listen = old.http.listen;
     r.current.replication = old.replication;
     r.counters.reloads_applied.fetch_add(1, Ordering::Relaxed);

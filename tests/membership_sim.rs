@@ -328,3 +328,51 @@ fn short_partitions_leave_no_dangling_suspicion() {
         assert!(sim.all_alive(), "seed {seed}, partition {partition_ms} ms: not healed");
     }
 }
+
+/// A member whose certificate expired is cut by the nodes connected to it, which declare it
+/// down at once (`Core::declare_expired`); the verdict reaches everyone by gossip, well before
+/// probes alone would have found it out (probe timeout plus 3 s of suspicion).
+#[test]
+fn an_expired_member_declared_down_by_a_few_is_down_everywhere_by_gossip() {
+    let mut sim = Sim::new(20, 9);
+    sim.announce_all_to(0);
+    sim.run_until(Duration::from_secs(10));
+    assert!(sim.all_alive());
+    // Every handshake refuses it from now on: it can reach no one.
+    sim.side[7] = 1;
+    let cut_at = sim.now;
+    let key = sim.ids[7].key;
+    for observer in [1, 2, 3] {
+        let now = sim.time();
+        let core = sim.nodes[observer].as_mut().unwrap();
+        assert!(
+            !core.declare_expired(key, 0, now),
+            "a later run (a restart with a new certificate) is left alone"
+        );
+        assert!(core.declare_expired(key, 1, now));
+        assert!(!core.declare_expired(key, 1, now), "once");
+        sim.flush(observer);
+    }
+    let everyone_down = |sim: &Sim| {
+        (0..20)
+            .filter(|o| *o != 7)
+            .all(|o| matches!(sim.view(o, 7), Some((MemberState::Down, _))))
+    };
+    while !everyone_down(&sim) {
+        assert!(
+            sim.now < cut_at + Duration::from_secs(1),
+            "the verdict did not spread within 1 virtual second"
+        );
+        let t = sim.now + Duration::from_millis(10);
+        sim.run_until(t);
+    }
+    println!("expired member down at all 19 after {:?} (virtual)", sim.now - cut_at);
+    // And it stays down; the rest stays whole.
+    sim.run_until(sim.now + Duration::from_secs(30));
+    assert!(everyone_down(&sim));
+    assert!((0..20).filter(|o| *o != 7).all(|o| {
+        (0..20)
+            .filter(|s| *s != 7)
+            .all(|s| matches!(sim.view(o, s), Some((MemberState::Alive, _))))
+    }));
+}

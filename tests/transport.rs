@@ -218,3 +218,50 @@ async fn an_expired_certificate_gets_no_new_connection() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(b.connection_count(), 0, "B holds no connection to A");
 }
+
+/// A connection kept busy does not outlive the certificate that admitted it: at expiry the
+/// admitting side closes it, counts a refusal, and hands membership an expiry notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_connection_is_cut_when_the_peer_certificate_expires() {
+    let net = SecretKey::generate();
+    let (ka, kb) = (SecretKey::generate(), SecretKey::generate());
+    let now = unix_now();
+    let a_until = now + 2;
+    let member = |key: &SecretKey, name: &str, until: u64| {
+        let cert = NodeCertificate::issue(&net, key.public(), name, now - 60, until).unwrap();
+        let admission = Admission::new(Some(net.public()), []);
+        // Idle connections last far longer than the test: only expiry can end this one.
+        bind(key, Some(&cert), admission, Duration::from_secs(60))
+    };
+    let (a, _a_in) = member(&ka, "a", a_until);
+    let (b, mut b_in) = member(&kb, "b", now + 3600);
+    let mut expired = b.take_expired().expect("the notices are there to take");
+    assert!(b.take_expired().is_none(), "taken once");
+
+    a.connect(b.local_addr(), Some(kb.public())).await.unwrap();
+    let to_b = target(&kb, b.local_addr());
+    let busy = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            loop {
+                a.send(to_b, Channel::SwimCompact, b"traffic");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let notice = tokio::time::timeout(Duration::from_secs(10), expired.recv())
+        .await
+        .expect("an expiry notice within 10 s")
+        .unwrap();
+    assert!(unix_now() > a_until, "not before the certificate ended");
+    assert_eq!(notice.key, ka.public());
+    assert_eq!(notice.not_after, a_until);
+    assert_eq!(notice.generation, 1);
+    busy.abort();
+    assert!(b_in.try_recv().is_ok(), "traffic flowed until then");
+    assert!(b.stats().refusals.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    eventually(Duration::from_secs(5), "both sides dropped the connection", || {
+        a.connection_count() == 0 && b.connection_count() == 0
+    })
+    .await;
+}

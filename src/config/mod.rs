@@ -773,6 +773,14 @@ impl Config {
             })
     }
 
+    /// The file this node's certificate is read from, when it is configured as a file.
+    pub fn certificate_path(&self, config_path: &Path) -> Option<PathBuf> {
+        self.network
+            .certificate_file
+            .as_deref()
+            .map(|f| resolve(config_path, f))
+    }
+
     /// This node's certificate, parsed and signature-checked, if one is configured.
     pub fn certificate(&self, config_path: &Path) -> Result<Option<NodeCertificate>, ConfigError> {
         let net = &self.network;

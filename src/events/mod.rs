@@ -53,6 +53,10 @@ pub enum EventKind {
     /// A peer started offering items this node refuses for a reason that does not change by
     /// itself (their `[files]` differ, typically). Seen by this node only: not for webhooks.
     PeerOffersRefused,
+    /// This node's own certificate expires within 7 days, within 1 day, or has expired
+    /// (`detail` says which). Raised by that node only, so not offered to webhooks (no other
+    /// member could confirm it); `shoal_certificate_expiry_timestamp_seconds` is for alerting.
+    CertificateExpiring,
 }
 
 impl EventKind {
@@ -71,11 +75,12 @@ impl EventKind {
             EventKind::JobFailed => "job_failed",
             EventKind::NameConflict => "name_conflict",
             EventKind::PeerOffersRefused => "peer_offers_refused",
+            EventKind::CertificateExpiring => "certificate_expiring",
         }
     }
 
-    /// Every kind.
-    pub const ALL: [EventKind; 12] = [
+    /// Every kind (see [`EventKind::notifiable`] for those webhooks can subscribe to).
+    pub const ALL: [EventKind; 13] = [
         EventKind::NodeJoined,
         EventKind::NodeRestarted,
         EventKind::NodeSuspect,
@@ -88,12 +93,14 @@ impl EventKind {
         EventKind::JobFailed,
         EventKind::NameConflict,
         EventKind::PeerOffersRefused,
+        EventKind::CertificateExpiring,
     ];
 
     /// Whether webhooks may be sent for this kind: the notifier confirms an event with
-    /// another node before sending it, and a refusal is seen by the refusing node alone.
+    /// another node before sending it, and a refusal is seen by the refusing node alone, as
+    /// is a node's own certificate's expiry (alert on its gauge instead).
     pub fn notifiable(&self) -> bool {
-        !matches!(self, EventKind::PeerOffersRefused)
+        !matches!(self, EventKind::PeerOffersRefused | EventKind::CertificateExpiring)
     }
 }
 

@@ -278,6 +278,15 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
     );
 
     let c = &state.counters;
+    let not_after = c.certificate_not_after.load(Relaxed);
+    if not_after > 0 {
+        e.single(
+            "shoal_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "End of validity of this node's network certificate, Unix seconds (peers refuse it after).",
+            not_after,
+        );
+    }
     e.family(
         "shoal_job_runs_total",
         "counter",

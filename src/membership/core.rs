@@ -383,6 +383,33 @@ impl Core {
         }
     }
 
+    /// Declares down the member with key `key` whose certificate expired while connected
+    /// (the transport cut it), if it is known under identity generation `generation` or an
+    /// earlier one and not down already; the verdict is gossiped like any other. Returns
+    /// whether it was declared down. A later run of that key (a restart with a new
+    /// certificate) is left alone.
+    pub fn declare_expired(&mut self, key: PublicKey, generation: u64, now: Now) -> bool {
+        let Some(member) = self
+            .view
+            .get(&key)
+            .filter(|m| m.state != MemberState::Down && m.id.generation <= generation)
+            .map(|m| foca::Member::new(m.id.clone(), m.swim_incarnation, State::Down))
+        else {
+            return false;
+        };
+        warn!(member = ?member.id(), "certificate expired; declaring the member down");
+        self.fx.now = now.mono;
+        if let Err(e) = self.foca.apply_many(std::iter::once(member), true, &mut self.fx) {
+            debug!(error = %e, "declaring an expired member down");
+        }
+        // Spread the verdict now rather than at the next gossip tick.
+        if let Err(e) = self.foca.broadcast(&mut self.fx) {
+            debug!(error = %e, "gossiping an expiry");
+        }
+        self.after(now);
+        true
+    }
+
     /// When the next timer is due (there is always one: the reconnect tick).
     pub fn next_timer(&self) -> Duration {
         self.timers

@@ -26,7 +26,7 @@ pub use broadcast::{BroadcastFilter, BroadcastKey, NoBroadcasts};
 pub use id::{FocaCodec, NodeId};
 pub use join::{JoinConfig, run_join};
 
-use crate::transport::{Channel, Inbound, Transport};
+use crate::transport::{Channel, Expired, Inbound, Transport};
 
 /// Capacity of the inbox from the transport. Beyond it datagrams are dropped like UDP loss.
 pub const INBOX_CAPACITY: usize = 1024;
@@ -124,14 +124,17 @@ impl MembershipHandle {
     }
 }
 
-/// Starts the membership task. `inbox` carries the transport's datagrams, `filter` judges
-/// custom broadcasts, and member events go to `events` (dropped when it is full).
+/// Starts the membership task. `inbox` carries the transport's datagrams, `expired` the
+/// peers it cut because their certificate expired, `filter` judges custom broadcasts, and
+/// member events go to `events` (dropped when it is full).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     identity: NodeId,
     name: String,
     config: &CoreConfig,
     transport: Transport,
     inbox: mpsc::Receiver<(Channel, Inbound)>,
+    expired: Option<mpsc::Receiver<Expired>>,
     filter: Box<dyn BroadcastFilter>,
     events: Option<mpsc::Sender<MemberEvent>>,
 ) -> (MembershipHandle, tokio::task::JoinHandle<()>) {
@@ -154,6 +157,7 @@ pub fn spawn(
         core,
         transport,
         inbox,
+        expired,
         cmds: cmd_rx,
         snapshot: snap_tx,
         start,
@@ -170,6 +174,14 @@ pub fn spawn(
     )
 }
 
+/// The next expiry notice; never completes without a channel.
+async fn recv_expired(rx: &mut Option<mpsc::Receiver<Expired>>) -> Option<Expired> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn snapshot_of(core: &Core) -> Snapshot {
     Snapshot {
         identity: core.identity().clone(),
@@ -182,6 +194,7 @@ struct Actor {
     core: Core,
     transport: Transport,
     inbox: mpsc::Receiver<(Channel, Inbound)>,
+    expired: Option<mpsc::Receiver<Expired>>,
     cmds: mpsc::Receiver<Command>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     start: Instant,
@@ -241,6 +254,10 @@ impl Actor {
                     }
                     None => return,
                 },
+                Some(gone) = recv_expired(&mut self.expired) => {
+                    let now = self.now();
+                    self.core.declare_expired(gone.key, gone.generation, now);
+                }
                 () = sleep => {}
             }
         }

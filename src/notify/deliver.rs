@@ -32,6 +32,7 @@ pub fn message(event: &Event) -> String {
         ),
         EventKind::NameConflict => format!("🟠 a node claims a name another key holds{error}"),
         EventKind::PeerOffersRefused => format!("🟠 {node} offers items this node refuses{error}"),
+        EventKind::CertificateExpiring => format!("🟠 {node}{error}"),
     }
 }
 

@@ -175,6 +175,12 @@ fn claim_of(event: &Event) -> Claim {
             kind: RecordKind::NodeInfo,
             version: u64::MAX,
         },
+        // Not notifiable; were it asked, any holder of the node's record would do.
+        EventKind::CertificateExpiring => Claim::Record {
+            node: event.node,
+            kind: RecordKind::NodeInfo,
+            version: 0,
+        },
     }
 }
 

@@ -6,7 +6,9 @@
 //! task through a bounded channel with `try_send`; when it is full they are dropped and
 //! counted, as a lossy network would, so a slow consumer never stalls a connection task.
 
+pub mod expiry;
 mod frame;
+mod reader;
 pub mod tls;
 
 use std::collections::{HashMap, HashSet};
@@ -23,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+pub use expiry::Expired;
 pub use frame::Channel;
 pub use tls::{Claims, PeerInfo};
 
@@ -165,8 +168,11 @@ pub struct Stats {
     pub connections_opened: AtomicU64,
     /// Outgoing dials that failed.
     pub dial_failures: AtomicU64,
-    /// Peers refused by admission, both directions.
+    /// Peers refused by admission, both directions, at the handshake or when their
+    /// certificate expired while connected.
     pub refusals: AtomicU64,
+    /// Expiry notices membership could not take (its queue was full).
+    pub expiry_notices_dropped: AtomicU64,
 }
 
 /// A boxed future returned by a [`StreamHandler`].
@@ -200,6 +206,14 @@ struct Pool {
 struct Inner {
     endpoint: quinn::Endpoint,
     tls: tls::TlsConfigs,
+    /// Our key, to build a new TLS certificate when the network certificate is renewed.
+    secret: SecretKey,
+    /// What our TLS certificate says now.
+    claims: Mutex<Claims>,
+    /// Peers whose certificate expired while connected, for membership.
+    expired: mpsc::Sender<Expired>,
+    /// Its receiving end, until [`Transport::take_expired`].
+    expired_rx: Mutex<Option<mpsc::Receiver<Expired>>>,
     admission: Arc<Admission>,
     transport_config: Arc<quinn::TransportConfig>,
     local_key: PublicKey,
@@ -256,9 +270,7 @@ impl Transport {
         .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
         let transport_config = Arc::new(tc);
 
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server()?));
-        server.transport_config(transport_config.clone());
-        server.max_incoming(MAX_PENDING_HANDSHAKES);
+        let server = server_config(&tls, &transport_config)?;
 
         // Stateless resets keyed by the node key: after a restart on the same address, peers
         // still holding a connection to the previous run get a reset instead of silence.
@@ -280,9 +292,14 @@ impl Transport {
             source,
         })?;
 
+        let (expired, expired_rx) = mpsc::channel(expiry::EXPIRED_CAPACITY);
         let inner = Arc::new(Inner {
             endpoint,
             tls,
+            secret: secret.clone(),
+            claims: Mutex::new(claims.clone()),
+            expired,
+            expired_rx: Mutex::new(Some(expired_rx)),
             admission,
             transport_config,
             local_key: secret.public(),
@@ -311,6 +328,12 @@ impl Transport {
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    /// The notices of peers whose certificate expired while connected (see [`expiry`]), for
+    /// membership; `None` after the first call.
+    pub fn take_expired(&self) -> Option<mpsc::Receiver<Expired>> {
+        self.inner.expired_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Number of open connections.
@@ -593,89 +616,6 @@ impl Transport {
         Ok(info)
     }
 
-    async fn read_loop(self, conn: quinn::Connection, info: PeerInfo) {
-        let name: Arc<str> = Arc::from(info.name.as_str());
-        let stats = &self.inner.stats;
-        loop {
-            let datagram = tokio::select! {
-                _ = self.inner.cancel.cancelled() => break,
-                d = conn.read_datagram() => match d {
-                    Ok(d) => d,
-                    Err(e) => {
-                        debug!(peer = %info.key.short(), reason = %e, "connection closed");
-                        break;
-                    }
-                },
-                s = conn.accept_bi() => match s {
-                    Ok((send, recv)) => {
-                        self.on_stream(&info, send, recv);
-                        continue;
-                    }
-                    Err(e) => {
-                        debug!(peer = %info.key.short(), reason = %e, "connection closed");
-                        break;
-                    }
-                },
-            };
-            if self.is_blocked(&info.key) {
-                stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
-            stats
-                .datagram_bytes_received
-                .fetch_add(datagram.len() as u64, Ordering::Relaxed);
-            let Some((channel, data)) = frame::decode(datagram) else {
-                stats.datagrams_malformed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let msg = Inbound {
-                from: info.key,
-                name: name.clone(),
-                data,
-            };
-            if self.inner.inbound.try_send((channel, msg)).is_err() {
-                stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let stats = conn.stats();
-        let mut pool = self.lock();
-        if pool
-            .conns
-            .get(&info.key)
-            .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
-        {
-            pool.conns.remove(&info.key);
-        }
-        pool.live.remove(&conn.stable_id());
-        pool.closed_udp.0 += stats.udp_tx.bytes;
-        pool.closed_udp.1 += stats.udp_rx.bytes;
-    }
-
-    fn on_stream(&self, peer: &PeerInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let handler = self
-            .inner
-            .stream_handler
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let permit = self.inner.stream_permits.clone().try_acquire_owned().ok();
-        match (handler, permit) {
-            (Some(handler), Some(permit)) if !self.is_blocked(&peer.key) => {
-                let fut = handler.handle(peer.clone(), send, recv);
-                self.spawn(async move {
-                    let _permit = permit;
-                    fut.await;
-                });
-            }
-            _ => {
-                // Busy, blocked or not ready: refuse; the peer sees the stream reset.
-                let _ = send.reset(1u32.into());
-                let _ = recv.stop(1u32.into());
-            }
-        }
-    }
-
     async fn accept_loop(self) {
         loop {
             let incoming = tokio::select! {
@@ -745,6 +685,17 @@ impl Transport {
     pub async fn stopped(&self) {
         self.inner.tracker.wait().await;
     }
+}
+
+/// The endpoint's server side: our current certificate, and the transport settings.
+fn server_config(
+    tls: &tls::TlsConfigs,
+    transport_config: &Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server()?));
+    server.transport_config(transport_config.clone());
+    server.max_incoming(MAX_PENDING_HANDSHAKES);
+    Ok(server)
 }
 
 fn peer_info(conn: &quinn::Connection, admission: &Admission) -> Result<PeerInfo, Refusal> {

@@ -66,6 +66,9 @@ pub struct PeerInfo {
     pub generation: u64,
     /// How it was admitted.
     pub admitted: Admitted,
+    /// End of its network certificate's validity (Unix seconds, inclusive) when it was
+    /// admitted by certificate: the connection ends when it passes. `None` for the allowlist.
+    pub not_after: Option<u64>,
 }
 
 /// Our own TLS certificate and key.
@@ -148,17 +151,18 @@ pub fn inspect_peer(der: &[u8], admission: &Admission, now: u64) -> Result<PeerI
         None => None,
     };
     let admitted = admission.check(&key, network_cert.as_ref(), now)?;
-    let name = match &admitted {
-        Admitted::Certificate { name } => name.clone(),
+    let (name, not_after) = match &admitted {
+        Admitted::Certificate { name } => (name.clone(), network_cert.map(|c| c.not_after)),
         // A name the allowlist binds to this key is its name, whatever it claims.
-        Admitted::Allowlist { name: Some(name) } => name.clone(),
-        Admitted::Allowlist { name: None } => claims.name.clone(),
+        Admitted::Allowlist { name: Some(name) } => (name.clone(), None),
+        Admitted::Allowlist { name: None } => (claims.name.clone(), None),
     };
     Ok(PeerInfo {
         key,
         name,
         generation: claims.generation,
         admitted,
+        not_after,
     })
 }
 
@@ -331,7 +335,9 @@ impl ClientCertVerifier for PeerVerifier {
 
 /// Builds the rustls configurations for one node.
 pub struct TlsConfigs {
-    local: LocalCert,
+    /// Our certificate; replaced when the node's network certificate is renewed. Configs
+    /// built earlier keep the one they were built with.
+    local: std::sync::RwLock<Arc<LocalCert>>,
     admission: Arc<Admission>,
     provider: Arc<CryptoProvider>,
     on_refusal: RefusalHook,
@@ -341,11 +347,20 @@ impl TlsConfigs {
     /// TLS material for a node with certificate `local`, admitting per `admission`.
     pub fn new(local: LocalCert, admission: Arc<Admission>, on_refusal: RefusalHook) -> Self {
         TlsConfigs {
-            local,
+            local: std::sync::RwLock::new(Arc::new(local)),
             admission,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             on_refusal,
         }
+    }
+
+    /// Presents `local` on every handshake from now on; returns the previous certificate.
+    pub fn set_local(&self, local: Arc<LocalCert>) -> Arc<LocalCert> {
+        std::mem::replace(&mut *self.local.write().unwrap_or_else(|e| e.into_inner()), local)
+    }
+
+    fn local(&self) -> Arc<LocalCert> {
+        self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn verifier(&self, expected: Option<PublicKey>) -> Arc<PeerVerifier> {
@@ -359,10 +374,11 @@ impl TlsConfigs {
 
     /// Server side: requires and verifies a client certificate.
     pub fn server(&self) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        let local = self.local();
         let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(self.verifier(None))
-            .with_single_cert(self.local.chain(), self.local.private_key())?;
+            .with_single_cert(local.chain(), local.private_key())?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         // No session resumption (see `client`): no tickets to send, no sessions to keep.
         cfg.send_tls13_tickets = 0;
@@ -372,11 +388,12 @@ impl TlsConfigs {
 
     /// Client side: presents our certificate; accepts only `expected` when given.
     pub fn client(&self, expected: Option<PublicKey>) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+        let local = self.local();
         let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(self.verifier(expected))
-            .with_client_auth_cert(self.local.chain(), self.local.private_key())?;
+            .with_client_auth_cert(local.chain(), local.private_key())?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         // Every connection is a full handshake, so admission (certificate, expiry, network
         // key) is checked each time, never skipped by a resumed session. A config is built per
@@ -423,6 +440,13 @@ mod tests {
         let local = LocalCert::new(&secret, &claims).unwrap();
         let peer = inspect_peer(&local.cert, &Admission::new(Some(net.public()), []), unix_now()).unwrap();
         assert_eq!(peer.name, "vouched");
+        assert_eq!(
+            peer.not_after,
+            Some(u64::MAX),
+            "the connection ends with the certificate"
+        );
+        let allow = Admission::new(None, [secret.public()]);
+        assert_eq!(inspect_peer(&local.cert, &allow, unix_now()).unwrap().not_after, None);
     }
 
     #[test]

@@ -156,7 +156,7 @@ function allSchedules() {
 }
 
 function eventRow(e) {
-  const kind = /down|failing|failed|degraded/.test(e.kind) ? 'bad' : /suspect|refused/.test(e.kind) ? 'warn' : /up|ok|recovered|joined/.test(e.kind) ? 'ok' : 'gone';
+  const kind = /down|failing|failed|degraded/.test(e.kind) ? 'bad' : /suspect|refused|expiring|conflict/.test(e.kind) ? 'warn' : /up|ok|recovered|joined/.test(e.kind) ? 'ok' : 'gone';
   return h('li', { 'data-kind': e.kind },
     time(e.at_ms), badge(e.kind.replace('_', ' '), kind),
     h('a', { href: '#/nodes/' + encodeURIComponent(e.node_name || e.node) }, e.node_name || e.node.slice(0, 10)),
