@@ -178,7 +178,7 @@ pub async fn members(args: &ClientArgs) -> i32 {
             vec![
                 format!(
                     "{}{}{}",
-                    m.name.clone().unwrap_or_else(|| "?".into()),
+                    m.name.clone().unwrap_or_else(|| m.key.short()),
                     if m.local { " *" } else { "" },
                     m.name_conflict
                         .as_ref()
