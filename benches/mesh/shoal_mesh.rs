@@ -186,9 +186,18 @@ impl Mesh {
             version,
         );
         let envelope = shoal::files::envelope::encode(&SignedItem::sign(meta, &self.signer), &body);
+        self.send(reqwest::Method::PUT, origin, name, envelope).await;
+        version
+    }
+
+    /// Sends a signed envelope for file `name` to agent `origin`; panics if it is refused.
+    async fn send(&self, method: reqwest::Method, origin: usize, name: &str, envelope: Vec<u8>) {
         let resp = self
             .client
-            .put(format!("http://{}/api/files/{name}", self.agents[origin].http))
+            .request(
+                method.clone(),
+                format!("http://{}/api/files/{name}", self.agents[origin].http),
+            )
             .header("content-type", shoal::files::envelope::CONTENT_TYPE)
             .body(envelope)
             .send()
@@ -196,10 +205,9 @@ impl Mesh {
             .unwrap();
         assert!(
             resp.status().is_success(),
-            "upload of {name} refused: {}",
+            "{method} of {name} refused: {}",
             resp.status()
         );
-        version
     }
 
     /// Deletes file `name` through agent `origin` with a signed tombstone; time until no agent
@@ -210,19 +218,7 @@ impl Mesh {
         let meta = ItemMeta::file_delete(*self.network.public().as_bytes(), name, self.signer.public(), version);
         let envelope = shoal::files::envelope::encode(&SignedItem::sign(meta, &self.signer), &[]);
         let t0 = Instant::now();
-        let resp = self
-            .client
-            .delete(format!("http://{}/api/files/{name}", self.agents[origin].http))
-            .header("content-type", shoal::files::envelope::CONTENT_TYPE)
-            .body(envelope)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            resp.status().is_success(),
-            "delete of {name} refused: {}",
-            resp.status()
-        );
+        self.send(reqwest::Method::DELETE, origin, name, envelope).await;
         let mut pending: Vec<PathBuf> = self.agents.iter().map(|a| a.state.join("files").join(name)).collect();
         loop {
             pending.retain(|p| p.exists());

@@ -6,8 +6,10 @@
 //! several keys run afterwards and point at the section they concern.
 
 mod expand;
+mod health;
 pub mod http;
 mod network;
+mod notify;
 pub mod schedules;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -20,8 +22,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use expand::{Env, ExpandError, ProcessEnv, expand};
+pub use health::{CheckConfig, CheckType, HealthSection};
 pub use http::{AllowedHost, DEFAULT_HTTP_LISTEN, HttpConfig};
 pub use network::TrustedNode;
+pub use notify::{NotifySection, WebhookConfig, WebhookFormat};
 
 use crate::files::validate_file_name;
 use crate::identity::{NodeCertificate, PublicKey, validate_node_name};
@@ -107,151 +111,6 @@ pub struct Config {
     /// `[[schedules]]`: commands run on a cron schedule.
     #[serde(default)]
     pub schedules: Vec<schedules::ScheduleConfig>,
-}
-
-/// `[notify]` section.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NotifySection {
-    /// `[[notify.webhooks]]`.
-    #[serde(default)]
-    pub webhooks: Vec<WebhookConfig>,
-}
-
-/// Body format of a webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WebhookFormat {
-    /// `{"content": "..."}`.
-    Discord,
-    /// `{"text": "..."}`.
-    Slack,
-    /// The event as JSON.
-    Json,
-}
-
-/// One `[[notify.webhooks]]` entry. Nodes with the same name and URL share the webhook: one
-/// of them (the leader) sends each notification.
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Name (shown in logs and APIs instead of the URL).
-    pub name: String,
-    /// Where to POST. Secret: never shown by any API or log.
-    pub url: String,
-    /// Body format.
-    pub format: WebhookFormat,
-    /// Event kinds to send. Default: node_down, node_up, check_failing, check_ok.
-    #[serde(default = "default_webhook_events")]
-    pub events: Vec<String>,
-}
-
-impl fmt::Debug for WebhookConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebhookConfig")
-            .field("name", &self.name)
-            .field("url", &"<redacted>")
-            .field("format", &self.format)
-            .field("events", &self.events)
-            .finish()
-    }
-}
-
-fn default_webhook_events() -> Vec<String> {
-    ["node_down", "node_up", "check_failing", "check_ok", "job_failed"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-}
-
-/// `[health]` section.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HealthSection {
-    /// How often the report is evaluated (and the default check interval). A report whose
-    /// status or checks changed is sent to the mesh at once. Default 10s.
-    #[serde(default = "default_health_interval", with = "humantime_serde")]
-    pub interval: Duration,
-    /// An unchanged report is refreshed this often, quietly (by anti-entropy, not broadcast).
-    /// Default 10m.
-    #[serde(default = "default_health_refresh", with = "humantime_serde")]
-    pub refresh: Duration,
-    /// A node without a report newer than this is no longer listed. Default 7 days.
-    #[serde(default = "default_health_forget", with = "humantime_serde")]
-    pub forget_after: Duration,
-    /// Checks: `[[health.checks]]`.
-    #[serde(default)]
-    pub checks: Vec<CheckConfig>,
-}
-
-impl Default for HealthSection {
-    fn default() -> Self {
-        HealthSection {
-            interval: default_health_interval(),
-            refresh: default_health_refresh(),
-            forget_after: default_health_forget(),
-            checks: Vec::new(),
-        }
-    }
-}
-
-fn default_health_interval() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_health_refresh() -> Duration {
-    Duration::from_secs(600)
-}
-fn default_health_forget() -> Duration {
-    Duration::from_secs(7 * 86400)
-}
-fn default_check_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_expect_status() -> u16 {
-    200
-}
-
-/// Kind of a check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckType {
-    /// GET a URL and compare the status.
-    Http,
-    /// Open a TCP connection.
-    Tcp,
-    /// Run a command; exit status 0 is ok.
-    Command,
-}
-
-/// One `[[health.checks]]` entry.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CheckConfig {
-    /// Name, unique on this node: 1-63 characters from A-Z a-z 0-9 . _ -.
-    pub name: String,
-    /// `http`, `tcp` or `command`.
-    #[serde(rename = "type")]
-    pub kind: CheckType,
-    /// http: the URL to GET.
-    pub url: Option<String>,
-    /// http: the expected status. Default 200.
-    #[serde(default = "default_expect_status")]
-    pub expect_status: u16,
-    /// tcp: `host:port`.
-    pub address: Option<String>,
-    /// command: argv (no shell).
-    pub command: Option<Vec<String>>,
-    /// How often to run it. Default: `[health] interval`.
-    #[serde(default, with = "humantime_serde")]
-    pub interval: Option<Duration>,
-    /// Longest a run may take. Default 5s.
-    #[serde(default = "default_check_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Failures in a row tolerated before the check is failing. Default 0.
-    #[serde(default)]
-    pub retries: u32,
-    /// Optional group, for display.
-    pub group: Option<String>,
 }
 
 /// `[replication]` section.
@@ -628,82 +487,8 @@ impl Config {
                 "must be above zero".into(),
             ));
         }
-        let mut names = std::collections::HashSet::new();
-        for (i, check) in self.health.checks.iter().enumerate() {
-            let key = format!("checks[{i}]");
-            let bad = |message: String| invalid("health", &key, message);
-            unique_name("check name", &check.name, &mut names).map_err(bad)?;
-            match check.kind {
-                CheckType::Http => match &check.url {
-                    Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
-                    _ => {
-                        return Err(bad(format!(
-                            "{}: an http check needs url = \"http(s)://...\"",
-                            check.name
-                        )));
-                    }
-                },
-                CheckType::Tcp => {
-                    let ok = check
-                        .address
-                        .as_deref()
-                        .and_then(|a| a.rsplit_once(':'))
-                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-                    if !ok {
-                        return Err(bad(format!(
-                            "{}: a tcp check needs address = \"host:port\"",
-                            check.name
-                        )));
-                    }
-                }
-                CheckType::Command => {
-                    if check.command.as_ref().is_none_or(|c| c.is_empty() || c[0].is_empty()) {
-                        return Err(bad(format!(
-                            "{}: a command check needs command = [\"program\", \"arg\", ...]",
-                            check.name
-                        )));
-                    }
-                }
-            }
-            if check.timeout.is_zero() || check.interval.is_some_and(|i| i.is_zero()) {
-                return Err(bad(format!("{}: timeout and interval must be above zero", check.name)));
-            }
-        }
-        let mut hooks = std::collections::HashSet::new();
-        for (i, hook) in self.notify.webhooks.iter().enumerate() {
-            let key = format!("webhooks[{i}]");
-            let bad = |message: String| invalid("notify", &key, message);
-            unique_name("webhook name", &hook.name, &mut hooks).map_err(bad)?;
-            if !(hook.url.starts_with("https://") || hook.url.starts_with("http://"))
-                || reqwest::Url::parse(&hook.url).is_err()
-            {
-                return Err(bad(format!("{}: url must be an http(s) URL", hook.name)));
-            }
-            if hook.events.is_empty() {
-                return Err(bad(format!("{}: events is empty; nothing would be sent", hook.name)));
-            }
-            for e in &hook.events {
-                let kind = crate::events::EventKind::ALL.iter().find(|k| k.as_str() == e);
-                if kind.is_some_and(|k| !k.notifiable()) {
-                    return Err(bad(format!(
-                        "{}: event {e:?} is seen only by the node it happens on and is not sent to webhooks",
-                        hook.name
-                    )));
-                }
-                if kind.is_none() {
-                    let known: Vec<&str> = crate::events::EventKind::ALL
-                        .iter()
-                        .filter(|k| k.notifiable())
-                        .map(|k| k.as_str())
-                        .collect();
-                    return Err(bad(format!(
-                        "{}: unknown event {e:?}; known: {}",
-                        hook.name,
-                        known.join(", ")
-                    )));
-                }
-            }
-        }
+        health::validate(&self.health).map_err(|(key, message)| invalid("health", &key, message))?;
+        notify::validate(&self.notify).map_err(|(key, message)| invalid("notify", &key, message))?;
         if let Err((i, key, message)) = schedules::validate(&self.schedules) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -938,7 +723,9 @@ fn locate(text: &str, section: &str, key: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
+    /// Parses `text` as `/etc/shoal/shoal.toml` with no environment (the section modules'
+    /// tests use it too).
+    pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(
             text,
             Path::new("/etc/shoal/shoal.toml"),

@@ -59,18 +59,7 @@ impl<'de> Deserialize<'de> for TrustedNode {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::path::Path;
-
-    use crate::config::{Config, ConfigError};
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(
-            text,
-            Path::new("/etc/shoal/shoal.toml"),
-            &HashMap::<String, String>::new(),
-        )
-    }
+    use crate::config::tests::parse;
 
     #[test]
     fn trusted_nodes_take_bare_keys_and_named_entries() {
