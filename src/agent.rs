@@ -382,13 +382,13 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         }
     };
     let events = crate::events::EventLog::open(&store)?;
-    let (names, names_task) = crate::names::spawn(
+    let (names_state, names) = crate::names::Names::new(
         admission.clone(),
-        membership.clone(),
         replication.clone(),
         events.clone(),
+        &membership.snapshot(),
     );
-    let events_task = crate::events::spawn(events.clone(), membership.clone(), replication.clone(), names.clone());
+    let events_task = crate::events::spawn(events.clone(), membership.clone(), replication.clone(), names_state);
     let counters = Arc::new(crate::metrics::Counters::default());
     // The certificate this node presents; the reload task replaces it on renewal.
     let (certificate_tx, certificate_rx) = watch::channel(certificate.clone());
@@ -466,7 +466,6 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             reloader.stop().await;
             reload_task.abort();
             events_task.abort();
-            names_task.abort();
             schedules_task.abort();
             cert_task.abort();
             return Err(AgentError::Http {
@@ -536,7 +535,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         replication_task,
         schedules,
         reloader,
-        side_tasks: vec![events_task, names_task, schedules_task, reload_task, cert_task],
+        side_tasks: vec![events_task, schedules_task, reload_task, cert_task],
         membership_task,
         join_task,
         http_task,

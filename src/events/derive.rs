@@ -33,7 +33,8 @@ struct Deriver {
     reports: HashMap<PublicKey, HealthReport>,
     /// Per node, the failed jobs already reported (those still in its schedules record).
     jobs_seen: HashMap<PublicKey, HashSet<u64>>,
-    names: crate::names::NamesHandle,
+    /// Resolved first on every change, so events carry the names it gives.
+    names: crate::names::Names,
 }
 
 /// Starts the task that derives events until the agent stops.
@@ -41,7 +42,7 @@ pub fn spawn(
     log: Arc<EventLog>,
     membership: MembershipHandle,
     replication: ReplicationHandle,
-    names: crate::names::NamesHandle,
+    names: crate::names::Names,
 ) -> tokio::task::JoinHandle<()> {
     let mut d = Deriver {
         log,
@@ -70,11 +71,20 @@ pub fn spawn(
                         return;
                     }
                     let snapshot = snapshots.borrow_and_update().clone();
+                    d.names.observe_members(&snapshot);
                     d.observe_members(&snapshot, true);
                 }
                 commit = commits.recv() => match commit {
-                    Ok(c) => d.observe_commit(&c),
-                    Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "event deriver fell behind commits"),
+                    Ok(c) => {
+                        let snapshot = snapshots.borrow().clone();
+                        d.names.observe_commit(&c, &snapshot);
+                        d.observe_commit(&c);
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "event deriver fell behind commits");
+                        let snapshot = snapshots.borrow().clone();
+                        d.names.reload(&snapshot);
+                    }
                     Err(RecvError::Closed) => return,
                 },
                 refusal = refusals.recv() => match refusal {
@@ -90,7 +100,7 @@ pub fn spawn(
 impl Deriver {
     /// The name `key` holds (none while it claims one another key holds).
     fn name_of(&mut self, key: &PublicKey) -> Option<String> {
-        self.names.borrow().name(key).map(str::to_string)
+        self.names.table().name(key).map(str::to_string)
     }
 
     fn emit(

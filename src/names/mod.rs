@@ -1,10 +1,11 @@
 //! Names: which node is shown under which name, on every page, in every event and lookup.
 //!
-//! The resolution itself is pure ([`book`]); this task gathers the claims (the allowlist's
+//! The resolution itself is pure ([`book`]); [`Names`] gathers the claims (the allowlist's
 //! bound names, each node's signed node record with the certificate it carries, the names
 //! learned in TLS handshakes, who is live), resolves them whenever membership or a node record
 //! changes, publishes the table on a `watch` channel, and logs and records each new conflict
-//! once.
+//! once. The event deriver's task drives it, before it derives events from the same change,
+//! so an event about a node carries the name that change gave it.
 
 pub mod book;
 
@@ -12,7 +13,6 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -20,7 +20,7 @@ pub use book::{Claim, Conflict, Lookup, NameBook, NameEntry, NameTable, Proof};
 
 use crate::events::{Event, EventKind, EventLog, event_id};
 use crate::identity::{Admission, NodeCertificate, PublicKey};
-use crate::membership::{MemberState, MembershipHandle, Snapshot};
+use crate::membership::{MemberState, Snapshot};
 use crate::replication::item::{ItemKey, RecordKind};
 use crate::replication::records::NodeInfo;
 use crate::replication::{CommitEvent, ReplicationHandle};
@@ -103,9 +103,10 @@ pub fn claims(admission: &Admission, snapshot: &Snapshot, infos: &HashMap<Public
     out.into_values().collect()
 }
 
-struct Names {
+/// The names state: the claims it has gathered and the book that resolves them. Owned by the
+/// event deriver's task; everyone else reads the published table.
+pub struct Names {
     admission: Arc<Admission>,
-    membership: MembershipHandle,
     replication: ReplicationHandle,
     events: Arc<EventLog>,
     book: NameBook,
@@ -114,14 +115,66 @@ struct Names {
 }
 
 impl Names {
-    fn resolve(&mut self) {
-        let snapshot = self.membership.snapshot();
-        let claims = claims(&self.admission, &snapshot, &self.infos);
+    /// Gathers every node record and resolves the names of `snapshot`; the handle is current
+    /// from the start.
+    pub fn new(
+        admission: Arc<Admission>,
+        replication: ReplicationHandle,
+        events: Arc<EventLog>,
+        snapshot: &Snapshot,
+    ) -> (Names, NamesHandle) {
+        let (tx, rx) = watch::channel(Arc::new(NameTable::default()));
+        let mut names = Names {
+            admission,
+            replication,
+            events,
+            book: NameBook::default(),
+            infos: HashMap::new(),
+            tx,
+        };
+        names.reload(snapshot);
+        (names, rx)
+    }
+
+    /// The current table.
+    pub fn table(&self) -> Arc<NameTable> {
+        self.tx.borrow().clone()
+    }
+
+    /// Membership changed: who is live, and names learned in handshakes.
+    pub fn observe_members(&mut self, snapshot: &Snapshot) {
+        let claims = claims(&self.admission, snapshot, &self.infos);
         let (table, conflicts) = self.book.resolve(&claims);
         self.tx.send_replace(Arc::new(table));
         for c in conflicts {
             self.report(&c);
         }
+    }
+
+    /// An item was committed: a node record changes the claims.
+    pub fn observe_commit(&mut self, c: &CommitEvent, snapshot: &Snapshot) {
+        let ItemKey::Node {
+            node,
+            kind: RecordKind::NodeInfo,
+        } = c.key
+        else {
+            return;
+        };
+        match self.replication.record::<NodeInfo>(&node, RecordKind::NodeInfo) {
+            Some(info) => self.infos.insert(node, info),
+            None => self.infos.remove(&node),
+        };
+        self.observe_members(snapshot);
+    }
+
+    /// Reads every node record again (after missing commits) and resolves.
+    pub fn reload(&mut self, snapshot: &Snapshot) {
+        self.infos = self
+            .replication
+            .records_of::<NodeInfo>(RecordKind::NodeInfo)
+            .into_iter()
+            .collect();
+        self.observe_members(snapshot);
     }
 
     fn report(&self, c: &Conflict) {
@@ -159,77 +212,4 @@ impl Names {
             job: None,
         });
     }
-
-    fn on_commit(&mut self, c: &CommitEvent) -> bool {
-        let ItemKey::Node {
-            node,
-            kind: RecordKind::NodeInfo,
-        } = c.key
-        else {
-            return false;
-        };
-        match self.replication.record::<NodeInfo>(&node, RecordKind::NodeInfo) {
-            Some(info) => self.infos.insert(node, info),
-            None => self.infos.remove(&node),
-        };
-        true
-    }
-}
-
-/// Resolves the current names, then starts the task that keeps them current until the agent
-/// stops. The returned handle is current from the start.
-pub fn spawn(
-    admission: Arc<Admission>,
-    membership: MembershipHandle,
-    replication: ReplicationHandle,
-    events: Arc<EventLog>,
-) -> (NamesHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = watch::channel(Arc::new(NameTable::default()));
-    let mut snapshots = membership.subscribe();
-    let mut commits = replication.subscribe();
-    let infos = replication
-        .records_of::<NodeInfo>(RecordKind::NodeInfo)
-        .into_iter()
-        .collect();
-    let mut names = Names {
-        admission,
-        membership,
-        replication,
-        events,
-        book: NameBook::default(),
-        infos,
-        tx,
-    };
-    snapshots.borrow_and_update();
-    names.resolve();
-    let task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                changed = snapshots.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    snapshots.borrow_and_update();
-                    names.resolve();
-                }
-                commit = commits.recv() => match commit {
-                    Ok(c) => {
-                        if names.on_commit(&c) {
-                            names.resolve();
-                        }
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        names.infos = names
-                            .replication
-                            .records_of::<NodeInfo>(RecordKind::NodeInfo)
-                            .into_iter()
-                            .collect();
-                        names.resolve();
-                    }
-                    Err(RecvError::Closed) => return,
-                },
-            }
-        }
-    });
-    (rx, task)
 }
