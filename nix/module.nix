@@ -107,6 +107,11 @@ in
 
     networking.firewall.allowedUDPPorts = lib.mkIf cfg.openFirewall [ clusterPort ];
 
+    # The agent asks for 2 MiB UDP socket buffers (file bodies arrive in bursts); the kernel
+    # grants at most these. Defaults only: a value set elsewhere wins.
+    boot.kernel.sysctl."net.core.rmem_max" = lib.mkDefault 4194304;
+    boot.kernel.sysctl."net.core.wmem_max" = lib.mkDefault 4194304;
+
     systemd.services.shoal = {
       description = "shoal mesh agent";
       wantedBy = [ "multi-user.target" ];

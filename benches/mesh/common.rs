@@ -171,6 +171,22 @@ pub fn lo_tx_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// UDP datagrams the kernel dropped because a socket's receive buffer was full
+/// (`RcvbufErrors` in /proc/self/net/snmp, which follows this process's namespace).
+pub fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/self/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Idle readings of a set of processes over `window` while `quiet` holds (the harness sends
 /// nothing meanwhile): per process CPU % of one core and RSS MiB, and loopback bytes per
 /// second per process (total over the window divided by the process count).

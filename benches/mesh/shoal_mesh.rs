@@ -536,12 +536,22 @@ pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<
                 ("10 MiB file to all", "f10m", 10 << 20),
             ] {
                 let before = mesh.counters().await;
+                let (drops, lo) = (common::udp_rcvbuf_errors(), common::lo_tx_bytes());
                 let mut times = Vec::new();
                 for rep in 0..opts.file_reps {
                     times.push(mesh.file(rep % n, &format!("{prefix}-{rep}"), size).await);
                 }
                 push_latencies(out, n, label, TOOL, &times);
                 mesh.how_items_came(n, prefix, &before).await;
+                // Datagrams the kernel dropped for full receive buffers are sent again by
+                // QUIC: loopback bytes per byte delivered show what that costs.
+                let reps = opts.file_reps as f64;
+                let per_file = (common::udp_rcvbuf_errors() - drops) as f64 / reps;
+                let ratio = (common::lo_tx_bytes() - lo) as f64 / (reps * size as f64 * (n - 1) as f64);
+                println!(
+                    "N={n} shoal:   during {prefix}: {per_file:.0} UDP datagrams dropped for full receive buffers per file, loopback bytes {ratio:.2}x the bytes delivered"
+                );
+                out.push(Row::new(n, format!("{label}: UDP receive-buffer drops per file"), TOOL, per_file, "datagrams"));
             }
             // Deleting them: a signed tombstone, which carries no body, from another agent
             // than the one that uploaded each file.

@@ -9,6 +9,7 @@
 pub mod expiry;
 mod frame;
 mod reader;
+mod socket;
 pub mod tls;
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +28,7 @@ use tracing::{debug, info, warn};
 
 pub use expiry::Expired;
 pub use frame::Channel;
+pub use socket::UDP_SOCKET_BUFFER;
 pub use tls::{Claims, PeerInfo};
 
 use crate::identity::{Admission, PublicKey, Refusal, SecretKey, unix_now};
@@ -278,7 +280,7 @@ impl Transport {
         let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_seed);
         let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
 
-        let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| TransportError::Bind {
+        let socket = socket::bind(config.listen).map_err(|source| TransportError::Bind {
             addr: config.listen,
             source,
         })?;
