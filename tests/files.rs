@@ -146,14 +146,15 @@ async fn restarted_node_catches_up_fetching_only_what_it_missed() {
     let back = all.last().unwrap();
     same_files_everywhere(&all).await;
 
-    // Exactly the three changed items came from peers, and at most the two new bodies moved
-    // (a small one may instead ride inline in a broadcast still in flight): nothing it
-    // already held (big.bin, the other nodes' records) was transferred again.
+    // The three changed files came from peers, plus at most one newer health report per peer
+    // (a peer republishes its report once its view of the mesh, which listed this node as
+    // down and the files changed, has held still for an interval: whether that happened
+    // before this node came back is a matter of timing). Nothing it already held (big.bin,
+    // the other nodes' records, a dozen items) was transferred again, and at most the two
+    // new bodies moved (a small one may instead ride inline in a broadcast still in flight).
     let s = back.replication().stats();
-    assert_eq!(
-        s.items_from_sync.load(Relaxed) + s.items_from_broadcast.load(Relaxed),
-        3
-    );
+    let received = s.items_from_sync.load(Relaxed) + s.items_from_broadcast.load(Relaxed);
+    assert!((3..=3 + 3).contains(&received), "{received} items from peers");
     assert!((1..=2).contains(&s.bodies_fetched.load(Relaxed)));
     let fetched = s.body_bytes_fetched.load(Relaxed);
     assert!(
