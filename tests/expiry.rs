@@ -209,7 +209,11 @@ async fn a_busy_node_is_cut_everywhere_when_its_certificate_expires() {
         a.transport_stats().refusals.load(Relaxed) >= refusals_before + 2
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // One more refused attempt: x is still down after trying again.
+    eventually(Duration::from_secs(10), "a refuses x once more", || {
+        a.transport_stats().refusals.load(Relaxed) >= refusals_before + 3
+    })
+    .await;
     for n in [&a, &b] {
         assert_eq!(state_of(n, &x.key), Some(MemberState::Down), "{} keeps x down", n.name);
         assert!(

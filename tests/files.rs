@@ -307,13 +307,18 @@ async fn deletes_and_reuploads_reach_all_ten_nodes_by_push_alone() {
             .sum()
     };
     let mut before = started();
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut quiet_since = tokio::time::Instant::now();
+    let deadline = quiet_since + Duration::from_secs(30);
+    while quiet_since.elapsed() < Duration::from_secs(2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "anti-entropy sessions never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let now = started();
-        if now == before {
-            break;
+        if now != before {
+            (before, quiet_since) = (now, tokio::time::Instant::now());
         }
-        before = now;
     }
     let large: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
     let version = |body: &serde_json::Value| body["version"].as_u64().expect("version in answer");

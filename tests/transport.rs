@@ -181,6 +181,20 @@ async fn garbage_and_spoofed_swim_packets_from_an_admitted_peer_change_nothing()
     agent.shutdown().await;
 }
 
+/// A transport for `key` admitted by a certificate from `net` valid from `from` to `until`,
+/// admitting holders of that network's certificates.
+fn certified(
+    net: &SecretKey,
+    key: &SecretKey,
+    name: &str,
+    from: u64,
+    until: u64,
+    idle: Duration,
+) -> (Transport, mpsc::Receiver<(Channel, Inbound)>) {
+    let cert = NodeCertificate::issue(net, key.public(), name, from, until).unwrap();
+    bind(key, Some(&cert), Admission::new(Some(net.public()), []), idle)
+}
+
 /// Admission runs on every new connection (it is never skipped by a resumed TLS session): a
 /// node whose network certificate expired while it was connected gets no new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,9 +205,7 @@ async fn an_expired_certificate_gets_no_new_connection() {
     // Validity is checked in whole seconds: A's certificate ends 2 s from now.
     let a_until = now + 2;
     let member = |key: &SecretKey, name: &str, until: u64| {
-        let cert = NodeCertificate::issue(&net, key.public(), name, now - 60, until).unwrap();
-        let admission = Admission::new(Some(net.public()), []);
-        bind(key, Some(&cert), admission, Duration::from_millis(500))
+        certified(&net, key, name, now - 60, until, Duration::from_millis(500))
     };
     let (a, _a_in) = member(&ka, "a", a_until);
     let (b, _b_in) = member(&kb, "b", now + 3600);
@@ -227,12 +239,9 @@ async fn a_busy_connection_is_cut_when_the_peer_certificate_expires() {
     let (ka, kb) = (SecretKey::generate(), SecretKey::generate());
     let now = unix_now();
     let a_until = now + 2;
-    let member = |key: &SecretKey, name: &str, until: u64| {
-        let cert = NodeCertificate::issue(&net, key.public(), name, now - 60, until).unwrap();
-        let admission = Admission::new(Some(net.public()), []);
-        // Idle connections last far longer than the test: only expiry can end this one.
-        bind(key, Some(&cert), admission, Duration::from_secs(60))
-    };
+    // Idle connections last far longer than the test: only expiry can end this one.
+    let member =
+        |key: &SecretKey, name: &str, until: u64| certified(&net, key, name, now - 60, until, Duration::from_secs(60));
     let (a, _a_in) = member(&ka, "a", a_until);
     let (b, mut b_in) = member(&kb, "b", now + 3600);
     let mut expired = b.take_expired().expect("the notices are there to take");
