@@ -28,13 +28,40 @@ use crate::replication::{CommitEvent, ReplicationHandle};
 /// Readers' handle on the current table.
 pub type NamesHandle = watch::Receiver<Arc<NameTable>>;
 
+/// What a node's record says about its name, its certificate checked once when the record
+/// arrives (not on every membership change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordClaim {
+    /// The name the record claims.
+    pub name: String,
+    /// The name and `not_before` of the network certificate it carries, when that certificate
+    /// is signed by our network key and admits the record's node.
+    pub certified: Option<(String, u64)>,
+}
+
+impl RecordClaim {
+    /// Reads `info`, the record of `key`, checking its certificate against `admission`.
+    pub fn new(admission: &Admission, key: &PublicKey, info: NodeInfo) -> RecordClaim {
+        let certified = info
+            .network_cert
+            .as_deref()
+            .and_then(|bytes| NodeCertificate::from_bytes(bytes).ok())
+            .filter(|c| Some(c.network_key) == admission.network_key() && c.node_key == *key)
+            .map(|c| (c.name, c.not_before));
+        RecordClaim {
+            name: info.name,
+            certified,
+        }
+    }
+}
+
 /// Gathers the claims of every key this node knows of.
 ///
 /// A key's claim is, in order: the name its `trusted_nodes` entry binds; the name in the
 /// network certificate its node record carries (checked against our network key and its key);
 /// the name its handshake showed, bound when a certificate admitted it (it is not in our
 /// allowlist and we have a network key); else the name its record claims.
-pub fn claims(admission: &Admission, snapshot: &Snapshot, infos: &HashMap<PublicKey, NodeInfo>) -> Vec<Claim> {
+pub fn claims(admission: &Admission, snapshot: &Snapshot, infos: &HashMap<PublicKey, RecordClaim>) -> Vec<Claim> {
     let live: HashMap<PublicKey, bool> = snapshot
         .members
         .iter()
@@ -64,15 +91,11 @@ pub fn claims(admission: &Admission, snapshot: &Snapshot, infos: &HashMap<Public
         }
         let live = live.get(key).copied().unwrap_or(false);
         let info = infos.get(key);
-        let certified = info
-            .and_then(|i| i.network_cert.as_deref())
-            .and_then(|bytes| NodeCertificate::from_bytes(bytes).ok())
-            .filter(|c| Some(c.network_key) == admission.network_key() && c.node_key == *key);
-        let (name, proof) = if let Some(cert) = certified {
+        let (name, proof) = if let Some((name, not_before)) = info.and_then(|i| i.certified.clone()) {
             (
-                cert.name,
+                name,
                 Proof::Certificate {
-                    not_before: Reverse(cert.not_before),
+                    not_before: Reverse(not_before),
                 },
             )
         } else if let Some(name) = handshake.get(key) {
@@ -110,7 +133,7 @@ pub struct Names {
     replication: ReplicationHandle,
     events: Arc<EventLog>,
     book: NameBook,
-    infos: HashMap<PublicKey, NodeInfo>,
+    infos: HashMap<PublicKey, RecordClaim>,
     tx: watch::Sender<Arc<NameTable>>,
 }
 
@@ -161,7 +184,7 @@ impl Names {
             return;
         };
         match self.replication.record::<NodeInfo>(&node, RecordKind::NodeInfo) {
-            Some(info) => self.infos.insert(node, info),
+            Some(info) => self.infos.insert(node, RecordClaim::new(&self.admission, &node, info)),
             None => self.infos.remove(&node),
         };
         self.observe_members(snapshot);
@@ -173,6 +196,7 @@ impl Names {
             .replication
             .records_of::<NodeInfo>(RecordKind::NodeInfo)
             .into_iter()
+            .map(|(key, info)| (key, RecordClaim::new(&self.admission, &key, info)))
             .collect();
         self.observe_members(snapshot);
     }
