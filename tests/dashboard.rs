@@ -259,7 +259,7 @@ async fn the_dashboard_shows_the_mesh_and_follows_it_live() {
             "bravo's detail",
             "const t = document.getElementById('main').innerText; \
              return document.querySelector('main h1')?.textContent.startsWith('bravo') \
-               && t.includes('Peers') && t.includes('alpha') && t.includes('app.conf') \
+               && t.includes('Links') && t.includes('alpha') && t.includes('app.conf') \
                && !!document.querySelector('article[data-schedule=nightly-db]')",
         )
         .await;

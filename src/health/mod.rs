@@ -1,11 +1,12 @@
-//! This node's health: configured checks, machine facts, and the view of its peers, published
-//! as a signed `RecordKind::Health` record.
+//! This node's health: configured checks, machine facts, a bounded sample of measured links and
+//! the links that failed, published as a signed `RecordKind::Health` record.
 //!
 //! The report is evaluated every `[health] interval` and whenever a check changes state.
-//! A change of status or of a check is broadcast at once. A change of the membership view or of
-//! the files held is broadcast once it has held still for an interval, so a cold start or a burst of
-//! failures costs one version per node, not one per change seen. Machine figures (load,
-//! memory, disk, RTTs) go out with the refresh every `[health] refresh`, quietly (spread by
+//! A change of status or of a check is broadcast at once. A change of the failed links or of the
+//! files held is broadcast once it has held still for an interval, so a burst of failures costs
+//! one version per node, not one per change seen. A member joining or leaving elsewhere changes
+//! nothing a report publishes at once, so it costs no node a new report. Machine figures (load,
+//! memory, disk, RTTs, member counts) go out with the refresh every `[health] refresh`, quietly (spread by
 //! anti-entropy, no broadcast). Per-node records cost
 //! every node something on every other node, so the mesh only hears what matters, quickly.
 
@@ -13,9 +14,7 @@ pub mod checks;
 pub mod report;
 pub mod system;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tracing::{debug, info};
@@ -83,10 +82,14 @@ async fn run(ctx: HealthContext) {
             }
             _ => false,
         };
+        // The first report goes out before the node has any connection: its measured links
+        // go out once, quietly, as soon as there are some, so the graph does not wait for the
+        // refresh.
+        let fill = published.as_ref().is_some_and(|p| p.links.is_empty()) && !report.links.is_empty();
         let publish = match change {
             Change::Significant => Some(true),
             Change::View if settled => Some(true),
-            _ if since >= ctx.config.refresh => Some(false),
+            _ if since >= ctx.config.refresh || fill => Some(false),
             _ => None,
         };
         let Some(broadcast) = publish else { continue };
@@ -110,23 +113,40 @@ async fn run(ctx: HealthContext) {
 
 fn build(ctx: &HealthContext, checks: &[CheckResult]) -> HealthReport {
     let snapshot = ctx.membership.snapshot();
-    let rtts: HashMap<_, Duration> = ctx.transport.links().into_iter().collect();
     let mut counts = MemberCounts::default();
-    let mut peers = Vec::new();
+    let mut alive = std::collections::HashSet::new();
     for m in &snapshot.members {
         match m.state {
             MemberState::Alive => counts.alive += 1,
             MemberState::Suspect => counts.suspect += 1,
             MemberState::Down => counts.down += 1,
         }
-        if !m.local {
-            peers.push(PeerLink {
-                node: report::prefix(&m.id.key),
-                state: m.state,
-                rtt_us: rtts.get(&m.id.key).map(|d| d.as_micros().min(u32::MAX as u128) as u32),
-            });
+        if m.state != MemberState::Down && !m.local {
+            alive.insert(m.id.key);
         }
     }
+    let mut links: Vec<PeerLink> = ctx
+        .transport
+        .links()
+        .into_iter()
+        .map(|(key, rtt)| PeerLink {
+            node: report::prefix(&key),
+            rtt_us: rtt.as_micros().min(u32::MAX as u128) as u32,
+        })
+        .collect();
+    links.sort_by_key(|l| (l.rtt_us, l.node));
+    links.truncate(report::MAX_REPORTED_LINKS);
+    // A peer that is down is not a broken link; one the mesh holds up but this node cannot
+    // dial is.
+    let mut unreachable: Vec<report::KeyPrefix> = ctx
+        .transport
+        .unreachable()
+        .iter()
+        .filter(|k| alive.contains(*k))
+        .map(report::prefix)
+        .collect();
+    unreachable.sort();
+    unreachable.truncate(report::MAX_REPORTED_UNREACHABLE);
     HealthReport {
         status: HealthReport::status_of(checks),
         version: crate::VERSION.to_string(),
@@ -136,7 +156,8 @@ fn build(ctx: &HealthContext, checks: &[CheckResult]) -> HealthReport {
         memory: system::memory(),
         disk: system::disk(&ctx.state_dir),
         members: counts,
-        peers,
+        links,
+        unreachable,
         checks: checks.to_vec(),
         files: held_files(&ctx.replication),
     }

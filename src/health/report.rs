@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 use super::checks::{CheckResult, CheckStatus};
 use super::system::{Disk, Memory};
 use crate::identity::PublicKey;
-use crate::membership::MemberState;
 
 /// Overall state of a node, from its own point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -38,16 +37,23 @@ pub fn prefix(key: &PublicKey) -> KeyPrefix {
     key.as_bytes()[..8].try_into().expect("8 bytes")
 }
 
-/// The reporting node's view of one peer: an edge of the mesh graph.
+/// Most measured links a report carries. A node publishes what it measured to a bounded
+/// sample of its peers, never its view of every peer: that list grew with the mesh and changed
+/// with every join, so every membership change made every node republish a record of O(N)
+/// bytes (O(N²) bytes per change across the mesh).
+pub const MAX_REPORTED_LINKS: usize = 16;
+
+/// Most failed links a report carries.
+pub const MAX_REPORTED_UNREACHABLE: usize = 16;
+
+/// A link the reporting node measured: the round-trip time of its QUIC connection to a peer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PeerLink {
     /// The peer, by key prefix.
     #[schema(value_type = Vec<u8>)]
     pub node: KeyPrefix,
-    /// Its state in the reporter's membership view.
-    pub state: MemberState,
-    /// Round-trip time of the QUIC connection to it, microseconds, when one is open.
-    pub rtt_us: Option<u32>,
+    /// Round-trip time of the connection, microseconds.
+    pub rtt_us: u32,
 }
 
 /// Most files a report lists (a `[files]` section is a short list of names).
@@ -89,10 +95,16 @@ pub struct HealthReport {
     pub memory: Option<Memory>,
     /// Space of the state directory's filesystem.
     pub disk: Option<Disk>,
-    /// Members by state.
+    /// Members by state, as of `reported_at_ms` (refreshed with the machine figures: a change
+    /// of counts alone is not published).
     pub members: MemberCounts,
-    /// Its view of every other member.
-    pub peers: Vec<PeerLink>,
+    /// Round-trip times of up to [`MAX_REPORTED_LINKS`] of its open connections, lowest
+    /// first (refreshed with the machine figures).
+    pub links: Vec<PeerLink>,
+    /// Peers the mesh holds alive that it failed to reach directly (at most
+    /// [`MAX_REPORTED_UNREACHABLE`], sorted): the broken links. Published when it changes.
+    #[schema(value_type = Vec<Vec<u8>>)]
+    pub unreachable: Vec<KeyPrefix>,
     /// Results of its configured checks.
     pub checks: Vec<CheckResult>,
     /// The files it holds (current versions, deletes excluded), sorted.
@@ -121,12 +133,14 @@ pub enum Change {
     Significant,
 }
 
-/// What a report says about the mesh: each peer and its state, and the files held.
-pub type View = (Vec<(KeyPrefix, MemberState)>, Vec<HeldFile>);
+/// What a report says about the mesh that is published when it changes: the failed links and
+/// the files held. Neither grows with the mesh (both are bounded) and neither changes when a
+/// member joins or leaves, so a membership change costs no node a new report.
+pub type View = (Vec<KeyPrefix>, Vec<HeldFile>);
 
 /// The view a report carries.
 pub fn view(r: &HealthReport) -> View {
-    (r.peers.iter().map(|p| (p.node, p.state)).collect(), r.files.clone())
+    (r.unreachable.clone(), r.files.clone())
 }
 
 /// Classifies the difference between the last published report and a new one.
@@ -136,9 +150,10 @@ pub fn compare(prev: Option<&HealthReport>, new: &HealthReport) -> Change {
     if prev.status != new.status || prev.version != new.version || check_states(prev) != check_states(new) {
         return Change::Significant;
     }
-    // Machine figures (load, memory, disk, RTT) move all the time; they are refreshed with the
-    // periodic report only, or a busy machine would make every node publish constantly.
-    if prev.members != new.members || view(prev) != view(new) {
+    // Machine figures (load, memory, disk, RTTs) move all the time, and member counts move with
+    // every join: they are refreshed with the periodic report only, or a busy machine would
+    // make every node publish constantly, and a join would make every node publish at once.
+    if view(prev) != view(new) {
         Change::View
     } else {
         Change::None
@@ -168,7 +183,8 @@ mod tests {
                 suspect: 0,
                 down: 0,
             },
-            peers: vec![],
+            links: vec![],
+            unreachable: vec![],
             files: vec![],
             checks: vec![CheckResult {
                 name: "db".into(),
@@ -199,7 +215,19 @@ mod tests {
         );
         let mut c = a.clone();
         c.members.down = 1;
-        assert_eq!(compare(Some(&a), &c), Change::View);
+        c.members.alive = 30;
+        c.links.push(PeerLink {
+            node: [1; 8],
+            rtt_us: 300,
+        });
+        assert_eq!(
+            compare(Some(&a), &c),
+            Change::None,
+            "a join or a failure elsewhere costs no report"
+        );
+        let mut u = a.clone();
+        u.unreachable.push([2; 8]);
+        assert_eq!(compare(Some(&a), &u), Change::View, "a link failed");
         let mut f = a.clone();
         f.files.push(HeldFile {
             name: file_prefix("app.conf"),

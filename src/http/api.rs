@@ -241,12 +241,13 @@ pub struct HeldFileView {
     pub current: bool,
 }
 
-/// `GET /api/graph`: who reaches whom, as each side reports it.
+/// `GET /api/graph`: who reaches whom: the links each node measured (a bounded sample of them)
+/// and the links that failed.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Graph {
     /// Nodes.
     pub nodes: Vec<GraphNode>,
-    /// Directed edges: `from`'s view of `to`.
+    /// Directed edges: a link `from` measured or failed to open.
     pub edges: Vec<GraphEdge>,
 }
 
@@ -264,15 +265,18 @@ pub struct GraphNode {
 /// A graph edge.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GraphEdge {
-    /// The reporting node.
+    /// The node that measured the link.
     pub from: PublicKey,
-    /// The node it reports on.
+    /// The other end.
     pub to: PublicKey,
-    /// `to`'s state in `from`'s view.
+    /// `to`'s state in this node's membership view (`down` when it has been forgotten).
     pub state: MemberState,
-    /// Round-trip time of `from`'s connection to `to`, milliseconds.
+    /// False when `from` failed to reach `to` directly while the mesh held `to` up: a broken
+    /// link, not a dead node.
+    pub reachable: bool,
+    /// Round-trip time of `from`'s connection to `to`, milliseconds (none for a failed link).
     pub rtt_ms: Option<f64>,
-    /// Age of the report the edge comes from, seconds.
+    /// Age of the report the edge comes from, seconds (0 for this node's own links, read live).
     pub age_secs: u64,
 }
 

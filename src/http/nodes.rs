@@ -165,26 +165,55 @@ pub(super) async fn one(
         .ok_or(NotOne::None(name))
 }
 
-#[utoipa::path(get, path = "/api/graph", tag = "mesh", responses((status = 200, description = "Nodes and directed edges (each side's view of the other: state, RTT)", body = api::Graph)))]
+#[utoipa::path(get, path = "/api/graph", tag = "mesh", responses((status = 200, description = "Nodes and directed edges: links measured (this node's live, the others' as last reported) and links that failed", body = api::Graph)))]
+/// `GET /api/graph`. Each node reports a bounded sample of the links it measured and the links
+/// that failed, never its view of every peer, so the graph is sparse in a large mesh: at most
+/// [`MAX_REPORTED_LINKS`](crate::health::report::MAX_REPORTED_LINKS) +
+/// [`MAX_REPORTED_UNREACHABLE`](crate::health::report::MAX_REPORTED_UNREACHABLE) edges per node.
 pub(super) async fn graph(State(state): State<ApiState>) -> Json<api::Graph> {
     let now = crate::time::unix_ms();
     let nodes = all_nodes(&state);
-    let by_prefix: HashMap<crate::health::report::KeyPrefix, PublicKey> = nodes
+    let by_prefix: HashMap<crate::health::report::KeyPrefix, &api::NodeView> = nodes
         .iter()
-        .map(|n| (crate::health::report::prefix(&n.key), n.key))
+        .map(|n| (crate::health::report::prefix(&n.key), n))
         .collect();
+    let state_of = |n: &api::NodeView| n.state.unwrap_or(MemberState::Down);
     let mut edges = Vec::new();
     for n in &nodes {
+        if n.local {
+            // This node's own links are read live, not from its last report.
+            for (key, rtt) in state.transport.links() {
+                let Some(to) = by_prefix.get(&crate::health::report::prefix(&key)) else {
+                    continue;
+                };
+                edges.push(api::GraphEdge {
+                    from: n.key,
+                    to: to.key,
+                    state: state_of(to),
+                    reachable: true,
+                    rtt_ms: Some(rtt.as_secs_f64() * 1000.0),
+                    age_secs: 0,
+                });
+            }
+        }
         let Some(report) = &n.report else { continue };
-        for p in &report.peers {
+        let age_secs = now.saturating_sub(report.reported_at_ms) / 1000;
+        let reported = report
+            .links
+            .iter()
+            .filter(|_| !n.local)
+            .map(|l| (l.node, Some(l.rtt_us as f64 / 1000.0)))
+            .chain(report.unreachable.iter().map(|p| (*p, None)));
+        for (prefix, rtt_ms) in reported {
             // A peer nobody knows any more (forgotten, no report) has no node to point to.
-            let Some(to) = by_prefix.get(&p.node) else { continue };
+            let Some(to) = by_prefix.get(&prefix) else { continue };
             edges.push(api::GraphEdge {
                 from: n.key,
-                to: *to,
-                state: p.state,
-                rtt_ms: p.rtt_us.map(|us| us as f64 / 1000.0),
-                age_secs: now.saturating_sub(report.reported_at_ms) / 1000,
+                to: to.key,
+                state: state_of(to),
+                reachable: rtt_ms.is_some(),
+                rtt_ms,
+                age_secs,
             });
         }
     }

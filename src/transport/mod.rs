@@ -8,6 +8,7 @@
 
 pub mod expiry;
 mod frame;
+mod reach;
 mod reader;
 mod socket;
 pub mod tls;
@@ -28,6 +29,7 @@ use tracing::{debug, info, warn};
 
 pub use expiry::Expired;
 pub use frame::Channel;
+pub use reach::MAX_UNREACHABLE_TRACKED;
 pub use socket::UDP_SOCKET_BUFFER;
 pub use tls::{Claims, PeerInfo};
 
@@ -203,6 +205,8 @@ struct Pool {
     dialing: HashMap<PublicKey, Vec<Bytes>>,
     /// UDP bytes (sent, received) of connections that have closed.
     closed_udp: (u64, u64),
+    /// Peers whose last dial failed.
+    unreachable: reach::Unreachable,
 }
 
 struct Inner {
@@ -362,6 +366,12 @@ impl Transport {
             .collect()
     }
 
+    /// Peers whose last dial failed (or whose traffic is blocked) with no connection since,
+    /// sorted by key; at most [`MAX_UNREACHABLE_TRACKED`].
+    pub fn unreachable(&self) -> Vec<PublicKey> {
+        self.lock().unreachable.keys()
+    }
+
     /// Peers with a cached connection.
     pub fn connected_peers(&self) -> Vec<PeerInfo> {
         self.lock().conns.values().map(|p| p.info.clone()).collect()
@@ -445,6 +455,7 @@ impl Transport {
         let stats = &self.inner.stats;
         if self.is_blocked(&to.key) {
             stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+            self.lock().unreachable.failed(to.key);
             return;
         }
         let frame = frame::encode(channel, payload);
@@ -459,6 +470,8 @@ impl Transport {
                 let len = frame.len() as u64;
                 match pc.conn.send_datagram(frame) {
                     Ok(()) => {
+                        // A live connection: the link works (again, after a block was lifted).
+                        pool.unreachable.reached(&to.key);
                         stats.datagrams_sent.fetch_add(1, Ordering::Relaxed);
                         stats.datagram_bytes_sent.fetch_add(len, Ordering::Relaxed);
                     }
@@ -523,6 +536,12 @@ impl Transport {
                     }
                 }
                 Err(e) => {
+                    if !matches!(
+                        e,
+                        TransportError::TooManyConnections(_) | TransportError::SelfConnection(_)
+                    ) {
+                        this.lock().unreachable.failed(to.key);
+                    }
                     this.inner
                         .stats
                         .datagrams_dropped
@@ -590,6 +609,7 @@ impl Transport {
         let superseded = {
             let mut pool = self.lock();
             pool.live.insert(conn.stable_id(), conn.clone());
+            pool.unreachable.reached(&info.key);
             let keep_existing = pool.conns.get(&info.key).is_some_and(|old| {
                 old.info.generation == info.generation
                     && old.conn.close_reason().is_none()

@@ -204,7 +204,7 @@ function nodeRow(n) {
 }
 
 function edgeColor(e) {
-  if (!e || e.state !== 'alive') return 'var(--bad)';
+  if (!e || !e.reachable || e.state !== 'alive') return 'var(--bad)';
   if (e.rtt_ms === null || e.rtt_ms === undefined) return 'var(--gone)';
   if (e.rtt_ms < 20) return 'var(--ok)';
   if (e.rtt_ms < 100) return 'var(--warn)';
@@ -230,11 +230,11 @@ function graph() {
   for (const [k, es] of byPair) {
     const [a, b] = k.split('|');
     if (!pos.has(a) || !pos.has(b)) continue;
-    const bad = es.find((e) => e.state !== 'alive');
+    const bad = es.find((e) => !e.reachable || e.state !== 'alive');
     const worst = bad || es.reduce((x, y) => ((y.rtt_ms || 0) > (x.rtt_ms || 0) ? y : x));
     const [x1, y1] = pos.get(a); const [x2, y2] = pos.get(b);
-    const label = es.map((e) => names.get(e.from) + ' → ' + names.get(e.to) + ': ' + e.state + (e.rtt_ms !== null && e.rtt_ms !== undefined ? ', ' + e.rtt_ms.toFixed(2) + ' ms' : '')).join('; ');
-    lines.push(s('line', { class: 'edge', x1, y1, x2, y2, stroke: edgeColor(worst), 'stroke-width': 3, 'stroke-dasharray': bad ? '6 4' : null, 'data-state': bad ? bad.state : 'alive' }, s('title', {}, label)));
+    const label = es.map((e) => names.get(e.from) + ' → ' + names.get(e.to) + ': ' + (e.reachable ? e.state : 'unreachable') + (e.rtt_ms !== null && e.rtt_ms !== undefined ? ', ' + e.rtt_ms.toFixed(2) + ' ms' : '')).join('; ');
+    lines.push(s('line', { class: 'edge', x1, y1, x2, y2, stroke: edgeColor(worst), 'stroke-width': 3, 'stroke-dasharray': bad ? '6 4' : null, 'data-state': bad ? (bad.reachable ? bad.state : 'unreachable') : 'alive' }, s('title', {}, label)));
   }
   const circles = nodes.map((n) => {
     const [x, y] = pos.get(n.key);
@@ -247,8 +247,7 @@ function graph() {
     h('div', { class: 'legend', 'aria-hidden': 'true' },
       h('span', {}, h('i', { style: 'background:var(--ok)' }), '< 20 ms'),
       h('span', {}, h('i', { style: 'background:var(--warn)' }), '20–100 ms'),
-      h('span', {}, h('i', { style: 'background:var(--bad)' }), '> 100 ms or not alive'),
-      h('span', {}, h('i', { style: 'background:var(--gone)' }), 'no connection')),
+      h('span', {}, h('i', { style: 'background:var(--bad)' }), '> 100 ms, unreachable or not alive')),
     s('svg', { class: 'graph', viewBox: '0 0 ' + W + ' ' + H, role: 'img', 'aria-label': 'Who reaches whom: ' + nodes.length + ' nodes, ' + lines.length + ' links' }, lines, circles));
 }
 
@@ -289,10 +288,11 @@ function nodeDetail(name) {
       h('td', {}, badge(c.status, c.status === 'ok' ? 'ok' : c.status === 'failing' ? 'bad' : 'gone')),
       h('td', {}, c.latency_ms !== null && c.latency_ms !== undefined ? c.latency_ms + ' ms' : '—'),
       h('td', {}, c.since_ms ? time(c.since_ms) : '—'), h('td', {}, c.error || '')))) : h('p', { class: 'muted' }, 'No checks configured.'),
-    h('h2', {}, 'Peers'),
+    h('h2', {}, 'Links'),
+    h('p', { class: 'muted' }, n.local ? 'Open connections of this node, live.' : 'A sample of its connections and any link that failed, as of its last report.'),
     peers.length ? table(['Peer', 'State', 'RTT'], peers.map((e) => h('tr', {},
-      h('th', { scope: 'row' }, names.get(e.to) || e.to.slice(0, 10)), h('td', {}, e.state),
-      h('td', {}, e.rtt_ms !== null && e.rtt_ms !== undefined ? e.rtt_ms.toFixed(2) + ' ms' : '—')))) : h('p', { class: 'muted' }, 'No peers reported.'),
+      h('th', { scope: 'row' }, names.get(e.to) || e.to.slice(0, 10)), h('td', {}, e.reachable ? e.state : badge('unreachable', 'bad')),
+      h('td', {}, e.rtt_ms !== null && e.rtt_ms !== undefined ? e.rtt_ms.toFixed(2) + ' ms' : '—')))) : h('p', { class: 'muted' }, 'No links reported.'),
     h('h2', {}, 'Files'),
     n.files && n.files.length ? h('ul', {}, n.files.map((f) => h('li', {}, f.name, ' ', f.current ? badge('current', 'ok') : badge('older version', 'warn')))) : h('p', { class: 'muted' }, 'No files reported.'),
     h('h2', {}, 'Schedules'),
