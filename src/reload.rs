@@ -260,20 +260,56 @@ fn watched_files(r: &Reloader) -> Vec<PathBuf> {
     files
 }
 
+/// How often the config directory is polled when the kernel cannot watch it (inotify
+/// instances exhausted: `fs.inotify.max_user_instances`, 128 by default, is per user, so the
+/// 129th agent a user runs on one machine gets none).
+pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A file watcher, inotify or polling.
+type FileWatcher = Box<dyn notify::Watcher + Send>;
+
 /// Watches the directories of `paths` for changes to those files (editors and renewal tools
-/// replace files by renaming); `None` (logged) if it cannot watch the config file.
-fn watch_files(paths: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
+/// replace files by renaming); `None` (logged) if it cannot watch the config file. Without an
+/// inotify instance it polls every [`CONFIG_POLL_INTERVAL`] instead.
+fn watch_files(paths: &[PathBuf], tx: mpsc::Sender<()>) -> Option<FileWatcher> {
     let config = paths.first()?;
     if !config.is_file() {
         return None;
     }
-    let dir_of = |path: &Path| match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+    let watcher: FileWatcher = match notify::recommended_watcher(file_handler(paths, tx.clone())) {
+        Ok(w) => Box::new(w),
+        Err(e) => {
+            warn!(
+                error = %e,
+                poll_every = ?CONFIG_POLL_INTERVAL,
+                "cannot watch the config file with inotify (raise fs.inotify.max_user_instances); polling it instead"
+            );
+            poll_watcher(paths, tx, CONFIG_POLL_INTERVAL)?
+        }
     };
+    watch_dirs(watcher, paths)
+}
+
+/// A polling watcher of `paths`.
+fn poll_watcher(paths: &[PathBuf], tx: mpsc::Sender<()>, every: Duration) -> Option<FileWatcher> {
+    // File times have one-second resolution here: an edit in the same second as the last
+    // scan would be missed without comparing contents (the directory holds a few small files).
+    let config = notify::Config::default()
+        .with_poll_interval(every)
+        .with_compare_contents(true);
+    match notify::PollWatcher::new(file_handler(paths, tx), config) {
+        Ok(w) => Some(Box::new(w)),
+        Err(e) => {
+            warn!(error = %e, "cannot poll the config file either; reload with SIGHUP");
+            None
+        }
+    }
+}
+
+/// Signals `tx` on a change to one of `paths`.
+fn file_handler(paths: &[PathBuf], tx: mpsc::Sender<()>) -> impl notify::EventHandler {
     let names: HashSet<std::ffi::OsString> = paths.iter().filter_map(|p| p.file_name()).map(Into::into).collect();
-    let handler = move |event: notify::Result<notify::Event>| {
+    move |event: notify::Result<notify::Event>| {
         if let Ok(e) = event
             && !matches!(e.kind, notify::EventKind::Access(_))
             && e.paths.iter().any(|p| p.file_name().is_some_and(|n| names.contains(n)))
@@ -281,14 +317,19 @@ fn watch_files(paths: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::Recomm
             // A full channel means a reload is already pending.
             let _ = tx.try_send(());
         }
-    };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
-            return None;
-        }
-    };
+    }
+}
+
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Points `watcher` at the directories of `paths`; `None` if the config file's cannot be.
+fn watch_dirs(mut watcher: FileWatcher, paths: &[PathBuf]) -> Option<FileWatcher> {
+    let config = paths.first()?;
     let dirs: HashSet<PathBuf> = paths.iter().map(|p| dir_of(p)).collect();
     for dir in dirs {
         if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
@@ -437,4 +478,37 @@ async fn reload(
     r.counters.reloads_applied.fetch_add(1, Ordering::Relaxed);
     info!(applied = ?done.applied, need_restart = ?done.need_restart, "configuration reloaded");
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fallback an agent uses without an inotify instance still sees the config file
+    /// replaced by a rename, as editors do, and ignores other files in the directory.
+    #[test]
+    fn the_polling_watcher_sees_the_config_file_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("shoal.toml");
+        std::fs::write(&config, "a = 1\n").unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let every = Duration::from_millis(50);
+        let watcher = poll_watcher(std::slice::from_ref(&config), tx, every).expect("a poll watcher");
+        let _watcher = watch_dirs(watcher, std::slice::from_ref(&config)).expect("watching the directory");
+        // Only a change to a watched file counts.
+        std::fs::write(dir.path().join("other.txt"), "x").unwrap();
+        std::thread::sleep(every * 4);
+        assert!(rx.try_recv().is_err(), "another file is not the config");
+        let tmp = dir.path().join(".shoal.toml.swp");
+        std::fs::write(&tmp, "a = 2\nb = 3\n").unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rx.try_recv().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replaced config file was not seen"
+            );
+            std::thread::sleep(every);
+        }
+    }
 }
