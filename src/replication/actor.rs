@@ -36,6 +36,14 @@ pub const MAX_SYNC_SESSIONS: usize = 2;
 pub const TRIGGERED_SYNC_SPACING: Duration = Duration::from_millis(500);
 /// Times a declined session is tried again (after 0.5, 1 and 2 s).
 pub const MAX_SYNC_RETRIES: u32 = 3;
+/// How many members, on average, reconcile with a member that comes up, whatever the size of
+/// the mesh: each does with probability `SYNCS_PER_MEMBER_UP / alive members`. When every
+/// member did, one join cost the newcomer a session with every member (O(N) sessions served,
+/// O(N²) across a join storm of N); now a join costs O(1) sessions on each side, a storm of N
+/// O(log N) per node. What the newcomer lacks it gets from its own first session; what it
+/// brings it broadcasts. Across a healed partition of two halves each node starts 1.5 sessions
+/// on average (at least one with probability ≈ 78 %), and periodic anti-entropy does the rest.
+pub const SYNCS_PER_MEMBER_UP: f64 = 3.0;
 /// Members that came up kept for a session when one cannot start at once (the oldest goes).
 pub const MAX_WANTED_SYNCS: usize = 4;
 /// While received items are not passed on (the broadcast backlog is full), a node starts an
@@ -218,7 +226,14 @@ impl Actor {
                 },
                 ev = self.events.recv() => match ev {
                     Some(MemberEvent::Joined) => self.sync_with(None, true),
-                    Some(MemberEvent::Up(id)) => self.sync_with(Some(id), true),
+                    Some(MemberEvent::Up(id)) => {
+                        let (alive, _, _) = self.membership.snapshot().counts();
+                        // `alive` counts this node; the others are the ones that may sync.
+                        let others = alive.saturating_sub(1).max(1) as f64;
+                        if rand::random::<f64>() * others < SYNCS_PER_MEMBER_UP {
+                            self.sync_with(Some(id), true);
+                        }
+                    }
                     None => return,
                 },
                 _ = tick.tick() => self.sync_with(None, false),
