@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use shoal::identity::{NodeCertificate, PublicKey, SecretKey, unix_now};
 use shoal::replication::item::{ItemMeta, SignedItem};
 
+use crate::change;
 use crate::common::{self, Opts, Row, free_port, push_latencies, wall_ms};
 
 const TOOL: &str = "shoal";
@@ -411,6 +412,16 @@ impl Mesh {
         }
     }
 
+    /// Each agent's `shoal_connections_open`; an error when an agent does not report it (an
+    /// older build under SHOAL_MESH_BIN).
+    async fn open_connections(&self) -> Result<Vec<f64>, String> {
+        let all = futures_util::future::join_all(self.agents.iter().map(|a| self.metrics(a))).await;
+        all.iter()
+            .map(|m| m.get("shoal_connections_open").copied())
+            .collect::<Option<Vec<f64>>>()
+            .ok_or_else(|| "an agent reports no shoal_connections_open".into())
+    }
+
     /// `(files, bytes)` agent `a` holds, from its metrics.
     async fn holdings(&self, a: &Agent) -> (u64, u64) {
         let m = self.metrics(a).await;
@@ -495,8 +506,15 @@ pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<
         if opts.wants("join") {
             out.push(Row::new(n, "join convergence", TOOL, join.as_secs_f64() * 1e3, "ms"));
         }
+        let joined = t0 + join;
+        if opts.wants("change") {
+            let clock = change::Clock { spawned: t0, joined };
+            let pids = mesh.pids();
+            change::measure(out, n, TOOL, opts, &pids, clock, || mesh.open_connections()).await;
+        }
         if opts.wants("idle") {
-            tokio::time::sleep(opts.settle).await;
+            // Counted from convergence, so a change phase before it is part of the wait.
+            tokio::time::sleep(opts.settle.saturating_sub(joined.elapsed())).await;
             let before = mesh.counters().await;
             common::measure_idle(out, n, TOOL, &mesh.pids(), opts.idle_window, opts.private_net).await;
             // Where the idle traffic goes, per agent per second, from the agents' own counters.
