@@ -78,6 +78,10 @@ async fn metrics_parse_and_move_with_replication_and_rejections() {
     assert_eq!(value(&after, "shoal_file_bytes", &[]), body.len() as f64);
     assert!(value(&after, "shoal_transfer_bytes_total", &[("direction", "received")]) >= body.len() as f64);
     assert!(value(&after, "shoal_bodies_fetched_total", &[]) > value(&before, "shoal_bodies_fetched_total", &[]));
+    // B holds the connection it got the file over (and perhaps the other of a simultaneous
+    // pair of dials), and never more than one per direction with its only peer.
+    let open = value(&after, "shoal_connections_open", &[]);
+    assert!((1.0..=2.0).contains(&open), "shoal_connections_open {open}");
     let committed = |s: &prometheus_parse::Scrape| {
         ["broadcast", "sync"]
             .iter()

@@ -29,6 +29,14 @@ pub struct Opts {
     pub catchup_records: usize,
     /// Bytes of files (in 1 MiB files) a newcomer catches up with.
     pub catchup_mib: usize,
+    /// Change phase: start of the settle window after join convergence.
+    pub change_delay: Duration,
+    /// Change phase: length of the settle window.
+    pub change_window: Duration,
+    /// Change phase: start of the later idle window after join convergence.
+    pub later_at: Duration,
+    /// Change phase: length of the later idle window.
+    pub later_window: Duration,
     /// Whether the run is inside its own network namespace (loss and loopback counters need it).
     pub private_net: bool,
     /// Scenarios to run (names as in [`Scenario::key`]); empty = all.
@@ -36,8 +44,8 @@ pub struct Opts {
 }
 
 impl Opts {
-    /// Whether scenario group `key` (join, idle, small, files, kill, stop, loss, partition,
-    /// catchup) runs.
+    /// Whether scenario group `key` (join, change, idle, small, files, kill, stop, loss,
+    /// partition, catchup) runs.
     pub fn wants(&self, key: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| o == key)
     }

@@ -7,7 +7,10 @@
 //! down; false "down" verdicts while one member is SIGSTOPped for 1–3 s and while loopback
 //! drops 10 % of packets; healing of a partition (shoal); idle CPU, RSS and traffic per agent;
 //! catch-up of a newcomer joining a
-//! mesh that holds many records and 10 MB of files. Then it prints one table per N with the
+//! mesh that holds many records and 10 MB of files; the cost of change after a join (shoal
+//! and Serf, see change.rs): CPU of all agents from the first spawn until the end of a settle
+//! window, loopback traffic per agent in that window and in a later idle one, and in the later
+//! one CPU, RSS, USS and open connections per agent. Then it prints one table per N with the
 //! ratio shoal/peer.
 //!
 //! The whole run happens in a private network namespace when run as root: its loopback counts
@@ -15,8 +18,14 @@
 //!
 //! Run: cargo bench --bench mesh
 //! Env: SHOAL_MESH_NODES=10,30,50  SHOAL_MESH_TOOLS=shoal,serf,serf-local,syncthing,syncthing-scan
-//!      SHOAL_MESH_ONLY=join,idle,small,files,kill,stop,loss,partition,catchup (default all)
+//!      SHOAL_MESH_ONLY=join,change,idle,small,files,kill,stop,loss,partition,catchup (default all)
 //!      SHOAL_MESH_SETTLE_SECS=60  SHOAL_MESH_IDLE_SECS=20  SHOAL_MESH_REPS=20
+//!        (idle waits SETTLE after join convergence, counted from convergence: after the
+//!        change phase it waits only what is left, if anything)
+//!      SHOAL_MESH_CHANGE_DELAY_SECS=5  SHOAL_MESH_CHANGE_WINDOW_SECS=30 (change: settle window,
+//!        starts DELAY after join convergence; CPU to settle is counted until its end)
+//!      SHOAL_MESH_LATER_AT_SECS=90  SHOAL_MESH_LATER_SECS=60 (change: later idle window, starts
+//!        LATER_AT after join convergence; pushed back to the settle window's end if they overlap)
 //!      SHOAL_MESH_FILE_REPS=10  SHOAL_MESH_KILLS=3  SHOAL_MESH_STOPS=1,2,3
 //!      SHOAL_MESH_LOSS_SECS=60  SHOAL_MESH_LOSS_PERCENT=10  SHOAL_MESH_PARTITION_SECS=30
 //!      SHOAL_MESH_CATCHUP_RECORDS=10000  SHOAL_MESH_CATCHUP_MIB=10
@@ -25,6 +34,7 @@
 //!      SHOAL_MESH_VERBOSE=1 (progress of slow phases on stderr)
 //!      SHOAL_MESH_SYNCTHING_JOIN_SECS=300 (Syncthing: limit of a simultaneous start; see syncthing.rs)
 
+mod change;
 mod common;
 mod serf;
 mod shoal_mesh;
@@ -66,6 +76,10 @@ fn main() {
         partition_window: Duration::from_secs(env_or("SHOAL_MESH_PARTITION_SECS", 30)),
         catchup_records: env_or("SHOAL_MESH_CATCHUP_RECORDS", 10_000) as usize,
         catchup_mib: env_or("SHOAL_MESH_CATCHUP_MIB", 10) as usize,
+        change_delay: Duration::from_secs(env_or("SHOAL_MESH_CHANGE_DELAY_SECS", 5)),
+        change_window: Duration::from_secs(env_or("SHOAL_MESH_CHANGE_WINDOW_SECS", 30)),
+        later_at: Duration::from_secs(env_or("SHOAL_MESH_LATER_AT_SECS", 90)),
+        later_window: Duration::from_secs(env_or("SHOAL_MESH_LATER_SECS", 60)),
         private_net,
         only: list("SHOAL_MESH_ONLY", ""),
     };
@@ -157,6 +171,7 @@ fn fmt(r: &Row) -> String {
         "ms" => format!("{:.0} ms", r.value),
         "%" => format!("{:.2} %", r.value),
         "MiB" => format!("{:.1} MiB", r.value),
+        "s" => format!("{:.2} s", r.value),
         "B/s" => format!("{:.0} B/s", r.value),
         u => format!("{} {u}", r.value),
     }

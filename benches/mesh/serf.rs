@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::change;
 use crate::common::{self, Opts, Row, push_latencies, wall_ms};
 
 /// Serf's gossip profile.
@@ -181,6 +182,8 @@ struct Mesh {
     rpc: Vec<u16>,
     /// Wall clock (Unix ms) just before the first agent was spawned.
     spawned_at: f64,
+    /// The same moment on the monotonic clock, for the change phase's windows.
+    spawned: Instant,
     logs: Vec<HandlerLog>,
     /// Holds handler script and logs; removed after the agents are gone (fields drop after
     /// `Drop::drop`).
@@ -252,6 +255,7 @@ impl Mesh {
             pids: Vec::with_capacity(n),
             rpc: rpc.clone(),
             spawned_at: wall_ms(),
+            spawned: Instant::now(),
             logs: (0..n)
                 .map(|i| HandlerLog::new(dir.path().join(format!("{}.log", node(i)))))
                 .collect(),
@@ -442,8 +446,24 @@ pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<
         out.push(Row::new(n, "join convergence", tool, join_ms, "ms"));
     }
 
+    // The handlers' clock says when the last join happened; convergence was seen a poll later.
+    let joined = mesh.spawned + Duration::from_secs_f64(join_ms.max(0.0) / 1000.0);
+    if opts.wants("change") {
+        let clock = change::Clock {
+            spawned: mesh.spawned,
+            joined,
+        };
+        // Serf's agents talk over UDP and open TCP only for push/pull and RPC, so its count is
+        // of established TCP connections: what it holds open, as shoal's gauge is.
+        let pids = mesh.pids.clone();
+        rt.block_on(change::measure(out, n, tool, opts, &pids, clock, || async {
+            change::established_tcp(&pids)
+        }));
+    }
+
     if opts.wants("idle") {
-        std::thread::sleep(opts.settle);
+        // Counted from convergence, so a change phase before it is part of the wait.
+        std::thread::sleep(opts.settle.saturating_sub(joined.elapsed()));
         rt.block_on(common::measure_idle(
             out,
             n,

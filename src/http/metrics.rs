@@ -264,6 +264,14 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
         "QUIC connections established.",
         t.connections_opened.load(Relaxed),
     );
+    // A gauge next to the counter: the counter says how often connections were made, this says
+    // what the node holds now, which is what memory and keep-alive traffic follow.
+    e.single(
+        "shoal_connections_open",
+        "gauge",
+        "QUIC connections currently in the transport's pool (both directions; both of a pair dialled at once count until one closes).",
+        state.transport.connection_count(),
+    );
     e.single(
         "shoal_dial_failures_total",
         "counter",

@@ -342,7 +342,8 @@ impl Transport {
         self.inner.expired_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// Number of open connections.
+    /// Number of open connections in the pool, incoming and outgoing, including the second
+    /// of a pair both sides dialled at once until it closes (metrics: `shoal_connections_open`).
     pub fn connection_count(&self) -> usize {
         self.lock().live.len()
     }
