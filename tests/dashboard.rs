@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -28,7 +29,9 @@ struct Browser {
 impl Browser {
     async fn start() -> Browser {
         let port = free_tcp_port();
+        // Its own process group, so that the browsers it starts go with it (see `Drop`).
         let driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -146,13 +149,21 @@ impl Browser {
         std::fs::write(path, bytes).unwrap();
     }
 
-    async fn close(mut self) {
+    async fn close(self) {
         let _ = self
             .http
             .delete(format!("{}/session/{}", self.base, self.session))
             .send()
             .await;
-        let _ = self.driver.kill();
+    }
+}
+
+/// A test that fails mid-way still ends chromedriver and every Chromium process it started
+/// (they would otherwise outlive the test run, reparented to init).
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // SAFETY: killpg has no memory effects; the group is the one chromedriver leads.
+        unsafe { libc::killpg(self.driver.id() as libc::pid_t, libc::SIGKILL) };
         let _ = self.driver.wait();
     }
 }
