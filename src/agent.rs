@@ -446,6 +446,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         local: key,
         started_at_ms,
     });
+    let discover_task = crate::discover::spawn(key, membership.clone(), replication.clone());
     let join_task = tokio::spawn(membership::run_join(
         JoinConfig {
             bootstrap: bootstrap_rx,
@@ -468,6 +469,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
             events_task.abort();
             schedules_task.abort();
             cert_task.abort();
+            discover_task.abort();
             return Err(AgentError::Http {
                 addr: config.http.listen,
                 source,
@@ -535,7 +537,7 @@ pub async fn start(config: Config, config_path: &Path) -> Result<AgentHandle, Ag
         replication_task,
         schedules,
         reloader,
-        side_tasks: vec![events_task, schedules_task, reload_task, cert_task],
+        side_tasks: vec![events_task, schedules_task, reload_task, cert_task, discover_task],
         membership_task,
         join_task,
         http_task,

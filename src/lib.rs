@@ -6,6 +6,7 @@
 //! - [`store`]: the sled database under the state directory;
 //! - [`transport`]: QUIC with mutual TLS bound to node keys;
 //! - [`membership`]: SWIM (foca) over QUIC datagrams, joining and rejoining;
+//! - [`discover`]: members found through their replicated node records;
 //! - [`names`]: which node is shown under which name (bindings, conflicts, lookups);
 //! - [`http`]: the local JSON API;
 //! - [`agent`]: wiring, start and shutdown;
@@ -16,6 +17,7 @@ pub mod cert_watch;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod discover;
 pub mod events;
 pub mod files;
 pub mod health;
