@@ -476,6 +476,22 @@ impl Core {
         all
     }
 
+    /// How this node sees the member with key `key` (not ourselves), without copying the
+    /// whole view as [`Core::members`] does: simulations of thousands of nodes ask often.
+    pub fn member(&self, key: &PublicKey) -> Option<&MemberView> {
+        self.view.get(key)
+    }
+
+    /// Every other member as this node sees it, ordered by key, without copying.
+    pub fn peers(&self) -> impl Iterator<Item = &MemberView> {
+        self.view.values()
+    }
+
+    /// Items in foca's custom broadcast backlog (ours and those passed on).
+    pub fn broadcast_backlog(&self) -> usize {
+        self.foca.custom_broadcast_backlog()
+    }
+
     /// Common work after any input: queue timers, track join state, refresh the view.
     fn after(&mut self, now: Now) {
         self.backlog
