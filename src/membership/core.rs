@@ -199,6 +199,11 @@ pub struct Core {
     reconnect_every: Duration,
     /// This node's own random choices (foca has its own), seeded for reproducible simulations.
     rng: SmallRng,
+    /// Each foca member's identity, state and incarnation as of the last view refresh, in
+    /// foca's order. Most inputs change none of them, and comparing in order is far cheaper
+    /// than looking every member up in `view`: at 1,000 members the lookups were most of the
+    /// cost of handling a datagram.
+    last_seen: Vec<(NodeId, State, u16)>,
 }
 
 impl Core {
@@ -266,6 +271,7 @@ impl Core {
             next_reconnect: now.mono + reconnect_every.mul_f64(rng.random::<f64>()),
             reconnect_every,
             rng,
+            last_seen: Vec::new(),
         }
     }
 
@@ -361,6 +367,10 @@ impl Core {
     /// than twice the timeout is resolved the way the lost timer would have: the member is
     /// declared down, and an alive member will learn it, renew and rejoin.
     fn expire_suspicions(&mut self, now: Now) {
+        // Runs after every timer; with no suspicion there is nothing to scan the view for.
+        if self.suspect_since.is_empty() {
+            return;
+        }
         let expired: Vec<foca::Member<NodeId>> = self
             .view
             .values()
@@ -590,6 +600,23 @@ impl Core {
     }
 
     fn refresh_view(&mut self, now: Now) {
+        let unchanged = self.foca.iter_membership_state().len() == self.last_seen.len()
+            && self
+                .foca
+                .iter_membership_state()
+                .zip(&self.last_seen)
+                .all(|(m, (id, state, incarnation))| {
+                    m.state() == *state && m.incarnation() == *incarnation && m.id() == id
+                });
+        if unchanged {
+            return;
+        }
+        self.last_seen.clear();
+        self.last_seen.extend(
+            self.foca
+                .iter_membership_state()
+                .map(|m| (m.id().clone(), m.state(), m.incarnation())),
+        );
         let mut seen = 0usize;
         let mut changed = false;
         for member in self.foca.iter_membership_state() {

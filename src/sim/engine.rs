@@ -104,6 +104,10 @@ pub struct Counters {
     pub false_downs: BTreeSet<(u32, u32, u64, u16)>,
     /// Largest custom broadcast backlog seen on any node.
     pub max_backlog: usize,
+    /// Datagrams a node sent to its own address (and refused).
+    pub sent_to_self: u64,
+    /// Nodes whose view held an earlier identity of their own at some point.
+    pub self_in_view: BTreeSet<u32>,
 }
 
 /// A simulated mesh.
@@ -367,6 +371,9 @@ impl Sim {
         run.replica.store().now = now;
         if run.core.handle_data(key, &name, data, now_at(now)).is_err() {
             self.counters.rejected_datagrams += 1;
+            if from == to {
+                self.counters.sent_to_self += 1;
+            }
         }
         self.after_step(to, false);
     }
@@ -387,6 +394,9 @@ impl Sim {
         let sends = run.core.take_sends();
         let events = run.core.take_events();
         let lost_contact = run.joined && !run.core.joined();
+        if run.core.member(&run.core.identity().key).is_some() {
+            self.counters.self_in_view.insert(i as u32);
+        }
         run.joined = run.core.joined();
         let version = run.core.version();
         self.counters.max_backlog = self.counters.max_backlog.max(run.core.broadcast_backlog());
@@ -536,6 +546,28 @@ impl Sim {
             live.iter()
                 .all(|&s| s == o || self.sees(o, s) == Some(MemberState::Alive))
         })
+    }
+
+    /// How running nodes see each other, over all (observer, subject) pairs of running
+    /// nodes: [alive, suspect, down, unknown]; a subject known only under an earlier
+    /// generation counts as unknown.
+    pub fn view_summary(&self) -> [usize; 4] {
+        let live = self.live();
+        let mut out = [0; 4];
+        for &o in &live {
+            for &s in &live {
+                if s != o {
+                    let k = match self.sees(o, s) {
+                        Some(MemberState::Alive) => 0,
+                        Some(MemberState::Suspect) => 1,
+                        Some(MemberState::Down) => 2,
+                        None => 3,
+                    };
+                    out[k] += 1;
+                }
+            }
+        }
+        out
     }
 
     /// When node `i` committed the item version `digest`, if it has.

@@ -109,6 +109,14 @@ pub struct Diagnostics {
     pub dropped_datagrams: u64,
     /// Whether the mesh was whole again after the lossy period.
     pub whole_after_loss: bool,
+    /// Of the false down verdicts, those against slow nodes.
+    pub false_down_of_slow: usize,
+    /// Distinct running nodes (by identity) some node declared down in the lossy period.
+    pub false_down_subjects: usize,
+    /// Datagrams nodes sent to their own address.
+    pub sent_to_self: u64,
+    /// Nodes whose view held an earlier identity of their own.
+    pub self_in_view: usize,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -178,7 +186,19 @@ pub fn run(opts: &Options<'_>) -> (Report, Diagnostics) {
     }
     // Measured from the first start (time zero).
     let last_start = sim.now();
-    let join = wait_for(&mut sim, CONVERGE_POLL, CONVERGE_LIMIT, Sim::all_alive).map(|d| d + last_start);
+    let mut polls = 0u32;
+    let join = wait_for(&mut sim, CONVERGE_POLL, CONVERGE_LIMIT, |sim| {
+        polls += 1;
+        if opts.verbose && polls.is_multiple_of(40) {
+            eprintln!(
+                "  at {:?}: [alive, suspect, down, unknown] = {:?}",
+                sim.now(),
+                sim.view_summary()
+            );
+        }
+        sim.all_alive()
+    })
+    .map(|d| d + last_start);
     say(format!("joined: {join:?} (virtual)"));
 
     // Idle.
@@ -279,6 +299,9 @@ pub fn run(opts: &Options<'_>) -> (Report, Diagnostics) {
         sim.set_slow(s, false);
     }
     let false_down = sim.counters.false_downs.len() as u64;
+    let false_down_of_slow = (sim.counters.false_downs.iter())
+        .filter(|(_, s, ..)| slow.contains(&(*s as usize)))
+        .count();
     say(format!("lossy period: {false_down} false down verdicts"));
     let whole_after_loss = wait_for(&mut sim, CONVERGE_POLL, CONVERGE_LIMIT, Sim::all_alive).is_some();
 
@@ -335,6 +358,13 @@ pub fn run(opts: &Options<'_>) -> (Report, Diagnostics) {
         rejected_datagrams: sim.counters.rejected_datagrams,
         dropped_datagrams: sim.net.dropped,
         whole_after_loss,
+        false_down_of_slow,
+        false_down_subjects: (sim.counters.false_downs.iter())
+            .map(|(_, s, g, b)| (*s, *g, *b))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        sent_to_self: sim.counters.sent_to_self,
+        self_in_view: sim.counters.self_in_view.len(),
     };
     (report, diagnostics)
 }
