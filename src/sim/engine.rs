@@ -334,6 +334,7 @@ impl Sim {
                 if self.nodes[i].epoch != epoch {
                     return;
                 }
+                self.nodes[i].wanted_queued = false;
                 let Some(run) = self.nodes[i].run.as_mut() else { return };
                 if let Some(id) = run.replica.next_wanted(now) {
                     self.start_sync(i, Some(id));
@@ -354,10 +355,12 @@ impl Sim {
     }
 
     fn schedule_wanted(&mut self, i: usize) {
-        let n = &self.nodes[i];
+        let n = &mut self.nodes[i];
         if let Some(run) = &n.run
             && run.replica.has_wanted()
+            && !n.wanted_queued
         {
+            n.wanted_queued = true;
             let (node, epoch) = (i as u32, n.epoch);
             let at = self.now + records::TRIGGERED_SYNC_SPACING;
             self.push(at, Event::Wanted { node, epoch });

@@ -13,8 +13,8 @@ use rand::RngExt;
 use rand::rngs::SmallRng;
 
 /// Bytes a datagram costs on the wire beyond its payload: IPv4 (20) + UDP (8) + a QUIC
-/// short header (1 flag byte, an 8-byte connection id, up to 4 bytes of packet number)
-/// + the DATAGRAM frame type and length (3) + the AEAD tag (16). The agent sends every SWIM
+/// short header (1 flag byte, an 8-byte connection id, up to 4 bytes of packet number),
+/// the DATAGRAM frame type and length (3) and the AEAD tag (16). The agent sends every SWIM
 /// packet as one QUIC datagram, so this is what each one adds to its payload.
 pub const DATAGRAM_OVERHEAD: u64 = 20 + 8 + 13 + 3 + 16;
 /// Least one-way latency of a link.

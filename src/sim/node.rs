@@ -71,6 +71,9 @@ pub struct Node {
     pub timer_deferred: bool,
     /// Next join attempt's backoff (the join loop's).
     pub join_backoff: Duration,
+    /// Whether a postponed anti-entropy session is queued (one at a time: a join brings
+    /// hundreds of "member up" events, nearly all postponed).
+    pub wanted_queued: bool,
 }
 
 impl Node {
@@ -98,6 +101,7 @@ impl Node {
             timer_at: None,
             timer_deferred: false,
             join_backoff: Duration::ZERO,
+            wanted_queued: false,
         }
     }
 
@@ -108,6 +112,7 @@ impl Node {
         self.epoch += 1;
         self.timer_at = None;
         self.timer_deferred = false;
+        self.wanted_queued = false;
         self.busy_until = now;
         self.join_backoff = crate::membership::JOIN_BACKOFF_INITIAL;
         let (replica, filter) = Replica::new(policy);
@@ -133,6 +138,7 @@ impl Node {
         self.epoch += 1;
         self.timer_at = None;
         self.timer_deferred = false;
+        self.wanted_queued = false;
     }
 
     /// Whether it is running.
