@@ -34,13 +34,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10);
 enum Event {
     /// A datagram arrives at `to`.
     Datagram { to: u32, from: u32, data: Bytes },
-    /// A slow node gets round to a datagram that arrived earlier.
-    Handle {
-        to: u32,
-        from: u32,
-        data: Bytes,
-        epoch: u32,
-    },
+    /// A slow node gets round to the datagram with sequence `seq` in its inbox, unless it
+    /// already handled it before its timers.
+    Handle { to: u32, seq: u64, epoch: u32 },
     /// A node's earliest timer is due.
     Timer { node: u32, epoch: u32 },
     /// A slow node gets round to its due timers.
@@ -274,17 +270,25 @@ impl Sim {
                 }
                 if node.slow {
                     let delay = self.slow_delay();
+                    // The sequence number the Handle event is about to get: unique.
+                    let seq = self.seq + 1;
                     let node = &mut self.nodes[to as usize];
                     let at = node.busy_until.max(now + delay);
                     node.busy_until = at;
+                    node.inbox.push_back((seq, from, data));
                     let epoch = node.epoch;
-                    self.push(at, Event::Handle { to, from, data, epoch });
+                    self.push(at, Event::Handle { to, seq, epoch });
                 } else {
                     self.handle_datagram(to as usize, from as usize, &data);
                 }
             }
-            Event::Handle { to, from, data, epoch } => {
-                if self.nodes[to as usize].epoch == epoch && self.nodes[to as usize].live() {
+            Event::Handle { to, seq, epoch } => {
+                let node = &mut self.nodes[to as usize];
+                if node.epoch == epoch
+                    && node.live()
+                    && node.inbox.front().is_some_and(|(s, ..)| *s == seq)
+                    && let Some((_, from, data)) = node.inbox.pop_front()
+                {
                     self.handle_datagram(to as usize, from as usize, &data);
                 }
             }
@@ -309,6 +313,11 @@ impl Sim {
                 let i = node as usize;
                 if self.nodes[i].epoch == epoch && self.nodes[i].live() {
                     self.nodes[i].timer_deferred = false;
+                    // As the agent's membership task when it wakes: every datagram waiting
+                    // in the inbox first, then the timers.
+                    while let Some((_, from, data)) = self.nodes[i].inbox.pop_front() {
+                        self.handle_datagram(i, from as usize, &data);
+                    }
                     self.run_timers(i);
                 }
             }

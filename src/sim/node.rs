@@ -1,9 +1,12 @@
 //! One simulated node: the shipped membership [`Core`] and a [`Replica`] above it, plus what
 //! the engine tracks about it (identity, liveness, slowness, its scheduled timer).
 
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use crate::identity::SecretKey;
 use crate::membership::{Core, CoreConfig, NodeId, Now};
@@ -74,6 +77,8 @@ pub struct Node {
     /// Whether a postponed anti-entropy session is queued (one at a time: a join brings
     /// hundreds of "member up" events, nearly all postponed).
     pub wanted_queued: bool,
+    /// Datagrams a slow node received and has not handled yet: (sequence, sender, data).
+    pub inbox: VecDeque<(u64, u32, Bytes)>,
 }
 
 impl Node {
@@ -102,6 +107,7 @@ impl Node {
             timer_deferred: false,
             join_backoff: Duration::ZERO,
             wanted_queued: false,
+            inbox: VecDeque::new(),
         }
     }
 
@@ -113,6 +119,7 @@ impl Node {
         self.timer_at = None;
         self.timer_deferred = false;
         self.wanted_queued = false;
+        self.inbox.clear();
         self.busy_until = now;
         self.join_backoff = crate::membership::JOIN_BACKOFF_INITIAL;
         let (replica, filter) = Replica::new(policy);
@@ -139,6 +146,7 @@ impl Node {
         self.timer_at = None;
         self.timer_deferred = false;
         self.wanted_queued = false;
+        self.inbox.clear();
     }
 
     /// Whether it is running.
