@@ -600,30 +600,41 @@ impl Core {
     }
 
     fn refresh_view(&mut self, now: Now) {
-        let unchanged = self.foca.iter_membership_state().len() == self.last_seen.len()
-            && self
-                .foca
-                .iter_membership_state()
-                .zip(&self.last_seen)
-                .all(|(m, (id, state, incarnation))| {
-                    m.state() == *state && m.incarnation() == *incarnation && m.id() == id
-                });
-        if unchanged {
+        let count = self.foca.iter_membership_state().len();
+        let same_count = count == self.last_seen.len();
+        // Members whose identity, state or incarnation differ from what was at their position
+        // at the last refresh: all of them when the count changed (foca's order shifts then).
+        // The view already matches every other member, so only these need looking up.
+        let differing: Vec<(usize, NodeId, State, u16)> = self
+            .foca
+            .iter_membership_state()
+            .enumerate()
+            .filter(|(i, m)| {
+                !same_count || {
+                    let (id, state, incarnation) = &self.last_seen[*i];
+                    m.state() != *state || m.incarnation() != *incarnation || m.id() != id
+                }
+            })
+            .map(|(i, m)| (i, m.id().clone(), m.state(), m.incarnation()))
+            .collect();
+        if differing.is_empty() {
             return;
         }
-        self.last_seen.clear();
-        self.last_seen.extend(
-            self.foca
-                .iter_membership_state()
-                .map(|m| (m.id().clone(), m.state(), m.incarnation())),
-        );
-        let mut seen = 0usize;
+        if same_count {
+            for (i, id, state, incarnation) in &differing {
+                self.last_seen[*i] = (id.clone(), *state, *incarnation);
+            }
+        } else {
+            self.last_seen.clear();
+            self.last_seen.extend(
+                differing
+                    .iter()
+                    .map(|(_, id, state, incarnation)| (id.clone(), *state, *incarnation)),
+            );
+        }
         let mut changed = false;
-        for member in self.foca.iter_membership_state() {
-            seen += 1;
-            let id = member.id();
-            let state = MemberState::from(member.state());
-            let incarnation = member.incarnation();
+        for (_, id, state, incarnation) in &differing {
+            let (id, state, incarnation) = (id, MemberState::from(*state), *incarnation);
             match self.view.get_mut(&id.addr()) {
                 Some(v) if v.id == *id && v.state == state => {
                     if v.swim_incarnation != incarnation {
@@ -661,7 +672,7 @@ impl Core {
                 }
             }
         }
-        if seen != self.view.len() {
+        if count != self.view.len() {
             // foca forgot members that were down long enough.
             let current: std::collections::HashSet<PublicKey> =
                 self.foca.iter_membership_state().map(|m| m.id().key).collect();
