@@ -292,7 +292,16 @@ pub fn run(opts: &Options<'_>) -> (Report, Diagnostics) {
     }
     sim.net.loss = LOSS;
     sim.watch_false_downs = true;
-    sim.run_until(sim.now() + LOSSY_PERIOD);
+    let lossy_end = sim.now() + LOSSY_PERIOD;
+    while sim.now() < lossy_end {
+        let t = (sim.now() + Duration::from_secs(30)).min(lossy_end);
+        sim.run_until(t);
+        say(format!(
+            "  lossy period at {:?}: {} false down verdicts so far",
+            sim.now(),
+            sim.counters.false_downs.len()
+        ));
+    }
     sim.watch_false_downs = false;
     sim.net.loss = 0.0;
     for &s in &slow {
