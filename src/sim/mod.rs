@@ -12,11 +12,13 @@
 //!   task: datagrams before timers).
 //! - [`net`]: latency, loss, bandwidth, partitions, one-way cuts, bytes sent.
 //! - [`node`]: one node's identity and run (restarts bump its generation).
+//! - [`observe`]: how nodes see each other and which items they hold.
 //! - [`scenario`]: the measured scenario behind `cargo bench --bench sim`.
 
 pub mod engine;
 pub mod net;
 pub mod node;
+pub mod observe;
 pub mod records;
 pub mod scenario;
 
