@@ -39,7 +39,7 @@ fn fifty_nodes_stay_within_bounds() {
     assert_bounds(&r);
 }
 
-/// The full-size run. Ignored: it takes about 25 minutes with `--release` on a 2-core machine,
+/// The full-size run. Ignored: it takes about 16 minutes with `--release` on a 2-core machine,
 /// and shoal does not meet the bounds at this size yet (seed 1: a burst join leaves 14 pairs of
 /// members unaware of each other 300 s later; 5 % loss with 5 % slow nodes brought down
 /// verdicts against 142 identities of running nodes). Run it with `cargo test --release --test sim -- --ignored`.
