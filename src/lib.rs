@@ -31,6 +31,7 @@ pub mod reload;
 pub mod replication;
 pub mod rpc;
 pub mod schedules;
+pub mod sim;
 pub mod store;
 pub mod systemd;
 pub mod time;

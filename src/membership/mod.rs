@@ -24,7 +24,7 @@ use tracing::debug;
 pub use self::core::{Core, CoreConfig, MemberEvent, MemberState, MemberView, Now};
 pub use broadcast::{BroadcastFilter, BroadcastKey, NoBroadcasts};
 pub use id::{FocaCodec, NodeId};
-pub use join::{JoinConfig, run_join};
+pub use join::{JOIN_BACKOFF_INITIAL, JoinConfig, run_join};
 
 use crate::transport::{Channel, Expired, Inbound, Transport};
 

@@ -18,7 +18,7 @@ use crate::membership::{BroadcastFilter, BroadcastKey, NodeId};
 
 /// Digests of recently handled broadcasts remembered, so duplicates that arrive before the
 /// replication task has committed the first copy are not passed on again.
-const SEEN_CAPACITY: usize = 4096;
+pub(crate) const SEEN_CAPACITY: usize = 4096;
 
 pub(crate) struct ItemFilter {
     shared: Arc<Shared>,
