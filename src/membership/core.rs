@@ -497,6 +497,12 @@ impl Core {
         self.view.values()
     }
 
+    /// Members other than this node that are not down (alive or suspect), without walking the
+    /// view.
+    pub fn active_peers(&self) -> usize {
+        self.foca.num_members()
+    }
+
     /// Items in foca's custom broadcast backlog (ours and those passed on).
     pub fn broadcast_backlog(&self) -> usize {
         self.foca.custom_broadcast_backlog()

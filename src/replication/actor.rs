@@ -44,6 +44,13 @@ pub const MAX_SYNC_RETRIES: u32 = 3;
 /// brings it broadcasts. Across a healed partition of two halves each node starts 1.5 sessions
 /// on average (at least one with probability ≈ 78 %), and periodic anti-entropy does the rest.
 pub const SYNCS_PER_MEMBER_UP: f64 = 3.0;
+/// Whether this node reconciles with a member that just came up, given the `others` members
+/// besides itself that are not down and a uniform `draw` in [0, 1) (see
+/// [`SYNCS_PER_MEMBER_UP`]). The agent and the simulator both decide with this.
+pub fn syncs_with_member_up(others: usize, draw: f64) -> bool {
+    draw * (others.max(1) as f64) < SYNCS_PER_MEMBER_UP
+}
+
 /// Members that came up kept for a session when one cannot start at once (the oldest goes).
 pub const MAX_WANTED_SYNCS: usize = 4;
 /// While received items are not passed on (the broadcast backlog is full), a node starts an
@@ -227,10 +234,10 @@ impl Actor {
                 ev = self.events.recv() => match ev {
                     Some(MemberEvent::Joined) => self.sync_with(None, true),
                     Some(MemberEvent::Up(id)) => {
-                        let (alive, _, _) = self.membership.snapshot().counts();
-                        // `alive` counts this node; the others are the ones that may sync.
-                        let others = alive.saturating_sub(1).max(1) as f64;
-                        if rand::random::<f64>() * others < SYNCS_PER_MEMBER_UP {
+                        let (alive, suspect, _) = self.membership.snapshot().counts();
+                        // The counts include this node.
+                        let others = (alive + suspect).saturating_sub(1);
+                        if syncs_with_member_up(others, rand::random::<f64>()) {
                             self.sync_with(Some(id), true);
                         }
                     }

@@ -430,7 +430,13 @@ impl Sim {
         for event in events {
             let peer = match event {
                 MemberEvent::Joined => None,
-                MemberEvent::Up(id) => Some(id),
+                MemberEvent::Up(id) => {
+                    let others = self.nodes[i].run.as_ref().map_or(0, |r| r.core.active_peers());
+                    if !crate::replication::syncs_with_member_up(others, self.rng.random::<f64>()) {
+                        continue;
+                    }
+                    Some(id)
+                }
             };
             let run = self.nodes[i].run.as_mut().expect("sim: live node");
             match run.replica.trigger(peer, now) {
