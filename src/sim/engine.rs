@@ -322,12 +322,21 @@ impl Sim {
                 }
             }
             Event::Items { to, epoch, items } => {
-                let n = &self.nodes[to as usize];
+                let i = to as usize;
+                let n = &mut self.nodes[i];
                 if n.epoch == epoch
-                    && let Some(run) = &n.run
+                    && let Some(run) = &mut n.run
                 {
                     run.replica.store().now = now;
-                    run.replica.offer(&self.policy, items);
+                    let relay = run.replica.offer(&self.policy, items);
+                    if !relay.is_empty() {
+                        for data in relay {
+                            // As the agent's own broadcasts: foca takes them or the item waits
+                            // for anti-entropy.
+                            let _ = run.core.add_broadcast(&data, now_at(now));
+                        }
+                        self.after_step(i, false);
+                    }
                 }
             }
             Event::Sync { node, epoch } => {

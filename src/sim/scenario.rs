@@ -329,9 +329,15 @@ pub fn run(opts: &Options<'_>) -> (Report, Diagnostics) {
     }
     sim.run_until(sim.now() + PARTITION - PARTITION_PUBLISH_AFTER);
     sim.net.heal();
+    let healed_at = sim.now();
+    // The view first (said, not reported), then the view and the items together.
+    let view = wait_for(&mut sim, CONVERGE_POLL, CONVERGE_LIMIT, Sim::all_alive);
+    say(format!("healed view: {view:?}"));
     let heal = wait_for(&mut sim, CONVERGE_POLL, CONVERGE_LIMIT, |sim| {
         sim.all_alive() && sim.items_agree()
-    });
+    })
+    .and(view)
+    .map(|_| sim.now() - healed_at);
     say(format!("healed: {heal:?}"));
 
     // Memory of one view: drop one node's whole state and see how much heap it frees.
