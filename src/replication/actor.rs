@@ -51,19 +51,6 @@ pub fn syncs_with_member_up(others: usize, draw: f64) -> bool {
     draw * (others.max(1) as f64) < SYNCS_PER_MEMBER_UP
 }
 
-/// An item that arrives by anti-entropy is passed on by gossip when it was written within this
-/// long: after a partition heals, one session across it brings what the other side wrote, and
-/// gossip then carries it to the whole side in about a second instead of the anti-entropy
-/// rounds it would take to spread session by session. Older items (a newcomer catching up on
-/// the mesh's history) are not passed on: every other member holds them already.
-pub const RELAY_SYNCED_WITHIN: Duration = Duration::from_secs(60);
-
-/// Whether an item of `version` that arrived by anti-entropy at wall time `now_ms` is passed on
-/// (see [`RELAY_SYNCED_WITHIN`]). The agent and the simulator both decide with this.
-pub fn relays_synced(version: u64, now_ms: u64) -> bool {
-    now_ms.saturating_sub(hlc::physical_ms(version)) <= RELAY_SYNCED_WITHIN.as_millis() as u64
-}
-
 /// Members that came up kept for a session when one cannot start at once (the oldest goes).
 pub const MAX_WANTED_SYNCS: usize = 4;
 /// While received items are not passed on (the broadcast backlog is full), a node starts an
@@ -89,7 +76,7 @@ impl ReplicationHandle {
 enum Source {
     /// A broadcast; announced again once its body is here (inline ones foca passes on itself).
     Broadcast,
-    /// Anti-entropy; announced only when recent (see [`RELAY_SYNCED_WITHIN`]).
+    /// Anti-entropy; not announced (the peer it came from already has it everywhere near).
     Sync,
     /// The local API.
     Upload,
@@ -339,11 +326,7 @@ impl Actor {
             // Complete broadcast items are already being passed on by foca; an announcement
             // whose body this node already holds (the same bytes under a new version, or
             // another name) is passed on from here, as it would be after a fetch.
-            let announce = match source {
-                Source::Broadcast => !super::filter::passed_on_at_once(&item),
-                Source::Sync => relays_synced(item.item.meta.version, crate::time::unix_ms()),
-                Source::Upload | Source::Local => false,
-            };
+            let announce = source == Source::Broadcast && !super::filter::passed_on_at_once(&item);
             self.commit(item, source, announce).await;
             return Ok(());
         }
@@ -605,9 +588,7 @@ impl Actor {
                     if newest {
                         // A body fetched after an announcement is announced again from here,
                         // so every announcer can serve it.
-                        let announce = p.source == Source::Broadcast
-                            || (p.source == Source::Sync
-                                && relays_synced(p.item.item.meta.version, crate::time::unix_ms()));
+                        let announce = p.source == Source::Broadcast;
                         self.commit(p.item, p.source, announce).await;
                     }
                 }

@@ -322,21 +322,12 @@ impl Sim {
                 }
             }
             Event::Items { to, epoch, items } => {
-                let i = to as usize;
-                let n = &mut self.nodes[i];
+                let n = &self.nodes[to as usize];
                 if n.epoch == epoch
-                    && let Some(run) = &mut n.run
+                    && let Some(run) = &n.run
                 {
                     run.replica.store().now = now;
-                    let relay = run.replica.offer(&self.policy, items);
-                    if !relay.is_empty() {
-                        for data in relay {
-                            // As the agent's own broadcasts: foca takes them or the item waits
-                            // for anti-entropy.
-                            let _ = run.core.add_broadcast(&data, now_at(now));
-                        }
-                        self.after_step(i, false);
-                    }
+                    run.replica.offer(&self.policy, items);
                 }
             }
             Event::Sync { node, epoch } => {

@@ -106,19 +106,13 @@ impl Store {
         true
     }
 
-    /// Verifies and commits an item that arrived by anti-entropy; returns its broadcast form
-    /// when the agent would pass it on ([`crate::replication::relays_synced`]).
-    fn offer(&mut self, policy: &Policy, wire: WireItem) -> Option<Vec<u8>> {
+    /// Verifies and commits an item that arrived by anti-entropy.
+    fn offer(&mut self, policy: &Policy, wire: WireItem) {
         match policy.verify(&wire, wall_ms(self.now)) {
             Ok(v) => {
-                let relay = crate::replication::relays_synced(v.item.meta.version, wall_ms(self.now));
-                let data = relay.then(|| codec::encode(&wire).ok()).flatten();
-                (self.commit(&v, wire) && relay).then_some(data).flatten()
+                self.commit(&v, wire);
             }
-            Err(_) => {
-                self.rejected += 1;
-                None
-            }
+            Err(_) => self.rejected += 1,
         }
     }
 
@@ -237,10 +231,12 @@ impl Replica {
         data
     }
 
-    /// Items received by anti-entropy; returns the broadcast forms of those to pass on.
-    pub fn offer(&self, policy: &Policy, items: Vec<WireItem>) -> Vec<Vec<u8>> {
+    /// Items received by anti-entropy.
+    pub fn offer(&self, policy: &Policy, items: Vec<WireItem>) {
         let mut store = self.store();
-        items.into_iter().filter_map(|wire| store.offer(policy, wire)).collect()
+        for wire in items {
+            store.offer(policy, wire);
+        }
     }
 
     /// Whether a session triggered at `now` may start (spacing), remembering `peer` for
