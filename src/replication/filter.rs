@@ -23,8 +23,7 @@ pub(crate) const SEEN_CAPACITY: usize = 4096;
 pub(crate) struct ItemFilter {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Command>,
-    seen: HashSet<[u8; 32]>,
-    order: VecDeque<[u8; 32]>,
+    seen: Seen,
 }
 
 impl ItemFilter {
@@ -32,12 +31,27 @@ impl ItemFilter {
         ItemFilter {
             shared,
             tx,
-            seen: HashSet::new(),
-            order: VecDeque::new(),
+            seen: Seen::default(),
         }
     }
+}
 
-    fn remember(&mut self, digest: [u8; 32]) -> bool {
+/// The digests of the last [`SEEN_CAPACITY`] verified broadcast metas (the simulator's filter
+/// keeps the same memory).
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    seen: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl Seen {
+    /// Whether `digest` is remembered.
+    pub fn contains(&self, digest: &[u8; 32]) -> bool {
+        self.seen.contains(digest)
+    }
+
+    /// Remembers `digest`, forgetting the oldest beyond capacity; false if it was known.
+    pub fn remember(&mut self, digest: [u8; 32]) -> bool {
         if !self.seen.insert(digest) {
             return false;
         }
@@ -112,7 +126,7 @@ impl BroadcastFilter for ItemFilter {
                 return None;
             }
         }
-        if !self.remember(digest) {
+        if !self.seen.remember(digest) {
             return None;
         }
         let relay = passed_on_at_once(&verified);

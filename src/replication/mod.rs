@@ -34,7 +34,7 @@ pub use actor::{ActorParts, spawn};
 // For the simulator (`crate::sim`), which runs the filter's checks and schedules anti-entropy
 // as the actor does.
 pub(crate) use actor::{MAX_WANTED_SYNCS, TRIGGERED_SYNC_SPACING, syncs_with_member_up};
-pub(crate) use filter::{SEEN_CAPACITY as BROADCAST_SEEN_CAPACITY, broadcast_key, passed_on_at_once};
+pub(crate) use filter::{Seen, broadcast_key, passed_on_at_once};
 use index::Index;
 use item::{ItemKey, RecordKind, WireItem};
 use policy::{Policy, Reject, Verified};

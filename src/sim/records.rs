@@ -12,7 +12,7 @@
 //! computed in one go with its items delivered after the session's round trips.
 //! A later step moves the actor's decisions into a sans-IO core that replaces this.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,8 +30,6 @@ pub const SIM_NETWORK: [u8; 32] = [0x5a; 32];
 /// Wall-clock Unix milliseconds at virtual time zero (2026-01-01), for item versions and
 /// the policy's clock-skew check.
 pub const EPOCH_MS: u64 = 1_767_225_600_000;
-/// Digests remembered by the filter, as `ItemFilter`'s `SEEN_CAPACITY`.
-pub const SEEN_CAPACITY: usize = crate::replication::BROADCAST_SEEN_CAPACITY;
 /// Rounds after which a reconciliation session is cut off (the real one ends far sooner;
 /// this only bounds a bug).
 pub const MAX_SYNC_ROUNDS: u32 = 64;
@@ -87,8 +85,7 @@ pub struct Store {
     pub now: Duration,
     /// Items refused by the policy.
     pub rejected: u64,
-    seen: HashSet<Digest>,
-    order: VecDeque<Digest>,
+    seen: crate::replication::Seen,
 }
 
 impl Store {
@@ -117,16 +114,7 @@ impl Store {
     }
 
     fn remember(&mut self, digest: Digest) -> bool {
-        if !self.seen.insert(digest) {
-            return false;
-        }
-        self.order.push_back(digest);
-        if self.order.len() > SEEN_CAPACITY
-            && let Some(old) = self.order.pop_front()
-        {
-            self.seen.remove(&old);
-        }
-        true
+        self.seen.remember(digest)
     }
 }
 
