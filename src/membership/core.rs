@@ -623,7 +623,9 @@ impl Core {
             })
             .map(|(i, m)| (i, m.id().clone(), m.state(), m.incarnation()))
             .collect();
-        if differing.is_empty() {
+        // With a different count nothing may differ by position and still something changed:
+        // foca forgot its last member (the count fell to zero).
+        if same_count && differing.is_empty() {
             return;
         }
         if same_count {
