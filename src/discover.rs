@@ -58,6 +58,11 @@ impl Discovery {
         self.pending.push_back((now + DISCOVERY_GRACE, key));
     }
 
+    /// Whether some member's grace has ended at `now`.
+    pub fn any_due(&self, now: Duration) -> bool {
+        self.pending.front().is_some_and(|(at, _)| *at <= now)
+    }
+
     /// Members whose grace has ended at `now` and that membership still does not know.
     pub fn due(&mut self, now: Duration, known: impl Fn(&PublicKey) -> bool) -> Vec<PublicKey> {
         let mut out = Vec::new();
@@ -102,6 +107,10 @@ pub fn spawn(
                     Err(RecvError::Closed) => return,
                 },
                 _ = tick.tick() => {
+                    if !discovery.any_due(start.elapsed()) {
+                        // Nothing waiting: no walk of the member list.
+                        continue;
+                    }
                     let snapshot = membership.snapshot();
                     let known: HashSet<PublicKey> = snapshot.members.iter().map(|m| m.id.key).collect();
                     for key in discovery.due(start.elapsed(), |k| known.contains(k)) {

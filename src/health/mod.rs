@@ -114,7 +114,7 @@ async fn run(ctx: HealthContext) {
 fn build(ctx: &HealthContext, checks: &[CheckResult]) -> HealthReport {
     let snapshot = ctx.membership.snapshot();
     let mut counts = MemberCounts::default();
-    let mut alive = std::collections::HashSet::new();
+    let mut up = std::collections::HashSet::new();
     for m in &snapshot.members {
         match m.state {
             MemberState::Alive => counts.alive += 1,
@@ -122,7 +122,7 @@ fn build(ctx: &HealthContext, checks: &[CheckResult]) -> HealthReport {
             MemberState::Down => counts.down += 1,
         }
         if m.state != MemberState::Down && !m.local {
-            alive.insert(m.id.key);
+            up.insert(m.id.key);
         }
     }
     let mut links: Vec<PeerLink> = ctx
@@ -142,7 +142,7 @@ fn build(ctx: &HealthContext, checks: &[CheckResult]) -> HealthReport {
         .transport
         .unreachable()
         .iter()
-        .filter(|k| alive.contains(*k))
+        .filter(|k| up.contains(*k))
         .map(report::prefix)
         .collect();
     unreachable.sort();

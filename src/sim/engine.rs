@@ -519,27 +519,22 @@ impl Sim {
         let rtt = self.net.base_latency(i, j) + self.net.base_latency(j, i);
         let done = now + rtt * session.messages.div_ceil(2);
         let (ei, ej) = (self.nodes[i].epoch, self.nodes[j].epoch);
-        if !session.to_responder.is_empty() {
-            let at = done.max(there.unwrap_or(done));
-            self.push(
-                at,
-                Event::Items {
-                    to: j as u32,
-                    epoch: ej,
-                    items: session.to_responder,
-                },
-            );
-        }
-        if !session.to_initiator.is_empty() {
-            let at = done.max(back.unwrap_or(done));
-            self.push(
-                at,
-                Event::Items {
-                    to: i as u32,
-                    epoch: ei,
-                    items: session.to_initiator,
-                },
-            );
+        let deliveries = [
+            (j, ej, there, session.to_responder),
+            (i, ei, back, session.to_initiator),
+        ];
+        for (to, epoch, arrival, items) in deliveries {
+            if !items.is_empty() {
+                let at = done.max(arrival.unwrap_or(done));
+                self.push(
+                    at,
+                    Event::Items {
+                        to: to as u32,
+                        epoch,
+                        items,
+                    },
+                );
+            }
         }
     }
 }
