@@ -201,9 +201,9 @@ pub struct ClusterConfig {
     /// How long a direct probe waits before asking others to probe indirectly. Default 500ms.
     #[serde(default = "default_probe_timeout", with = "humantime_serde")]
     pub probe_timeout: Duration,
-    /// How long a suspected member has to refute before it is declared down. Default 2.5s:
-    /// a killed node is seen down by all of 50 within 5 s (p50), and a node stopped for 3 s
-    /// still refutes in time (mesh bench, BENCHMARKS.md).
+    /// How long a suspected member has to refute before it is declared down, in a mesh of
+    /// up to 10 members. Default 2.5s. Larger meshes multiply it by log10 of their size
+    /// (`membership::scale`): a refutation needs about log N rounds of gossip to reach everyone.
     #[serde(default = "default_suspect_timeout", with = "humantime_serde")]
     pub suspect_timeout: Duration,
     /// How long a down member stays listed before it is forgotten. Default 1h.

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::broadcast::{BroadcastFilter, Handler};
 use super::compact;
 use super::id::{FocaCodec, NodeId};
+use super::scale;
 use super::timers::TimerQueue;
 use crate::identity::PublicKey;
 
@@ -29,13 +30,6 @@ use crate::identity::PublicKey;
 pub const MAX_SWIM_PACKET: usize = 1150;
 /// Cluster size foca's dissemination parameters are tuned for.
 const EXPECTED_CLUSTER_SIZE: u32 = 64;
-/// How many packets each member puts an update (membership or item) in. Everyone passes an
-/// update on this many times to random members, so in a mesh of n members a given member misses
-/// it with probability about e^-MAX_TRANSMISSIONS, and some member misses it with about
-/// n·e^-MAX_TRANSMISSIONS: 0.04 % at 64 members with 12, against 5.8 % with foca's default for
-/// 64 (7), which the mesh bench saw as one small record in 20 reaching its last member only
-/// through anti-entropy, seconds later.
-const MAX_TRANSMISSIONS: u8 = 12;
 /// How often foca gossips pending updates, and to how many members. Only while something is
 /// pending, and each item still goes out at most `max_transmissions` times: a short interval
 /// spends the same packets sooner, so stragglers missed by the first wave catch up quickly.
@@ -182,9 +176,17 @@ pub struct Core {
     version: u64,
     events: Vec<MemberEvent>,
     /// When each currently suspect member became suspect (monotonic).
-    suspect_since: HashMap<PublicKey, Duration>,
+    suspect_since: BTreeMap<PublicKey, Duration>,
     /// Suspicions older than this are resolved by the watchdog (see `expire_suspicions`).
     suspicion_limit: Duration,
+    /// foca's settings as last given to it; transmissions and the suspicion timeout follow
+    /// the mesh's size (see [`scale`]).
+    foca_config: foca::Config,
+    /// `[cluster] suspect_timeout`: the suspicion timeout of a mesh of up to 10 members.
+    configured_suspect: Duration,
+    probe_period: Duration,
+    /// The member count `foca_config` was scaled for.
+    scaled_for: usize,
     /// Broadcast items the filter accepted so far.
     accepted: Arc<AtomicU64>,
     /// foca's custom broadcast backlog, for the handler's relay bound.
@@ -223,7 +225,7 @@ impl Core {
         fc.suspect_to_down_after = config.suspect_timeout;
         fc.remove_down_after = Some(config.forget_down_after);
         fc.max_packet_size = NonZeroUsize::new(MAX_SWIM_PACKET).expect("nonzero");
-        fc.max_transmissions = NonZeroU8::new(MAX_TRANSMISSIONS).expect("nonzero");
+        fc.max_transmissions = NonZeroU8::new(scale::BASE_TRANSMISSIONS).expect("nonzero");
         fc.notify_down_members = true;
         fc.periodic_gossip = Some(foca::PeriodicParams {
             frequency: GOSSIP_INTERVAL,
@@ -245,6 +247,7 @@ impl Core {
             backlog: backlog.clone(),
             relays_skipped: relays_skipped.clone(),
         };
+        let foca_config = fc.clone();
         let foca = Foca::with_custom_broadcast(id, fc, SmallRng::seed_from_u64(seed), FocaCodec, handler);
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_0f0c_a11e);
         let reconnect_every = config.reconnect_interval;
@@ -263,11 +266,15 @@ impl Core {
             leaving: false,
             version: 0,
             events: Vec::new(),
-            suspect_since: HashMap::new(),
+            suspect_since: BTreeMap::new(),
             accepted,
             backlog,
             relays_skipped,
             suspicion_limit: config.suspect_timeout * 2 + config.probe_period,
+            foca_config,
+            configured_suspect: config.suspect_timeout,
+            probe_period: config.probe_period,
+            scaled_for: 1,
             next_reconnect: now.mono + reconnect_every.mul_f64(rng.random::<f64>()),
             reconnect_every,
             rng,
@@ -345,8 +352,16 @@ impl Core {
     pub fn handle_timers(&mut self, now: Now) {
         self.fx.now = now.mono;
         while let Some(timer) = self.timers.pop_due(now.mono) {
+            let suspect = match &timer {
+                Timer::ChangeSuspectToDown { member_id, .. } => Some(member_id.clone()),
+                _ => None,
+            };
+            let (sends, notes) = (self.fx.sends.len(), self.fx.notes.len());
             if let Err(e) = self.foca.handle_timer(timer, &mut self.fx) {
                 debug!(error = %e, "timer");
+            }
+            if let Some(id) = suspect {
+                self.keep_turn_undead_if_down(&id, sends, notes);
             }
             // Timers scheduled by this one must be queued before the next due one is popped.
             for (due, t) in self.fx.timers.drain(..) {
@@ -361,25 +376,38 @@ impl Core {
         self.after(now);
     }
 
+    /// foca 2.0 tells a suspect it was declared down ("TurnUndead") when its suspicion timer
+    /// fires, even when the suspect refuted in time and so is not declared down; the suspect
+    /// then renews its identity and rejoins as if it had been. In the whole-mesh simulator
+    /// every node whose input lagged 1–2 s renewed every 4–6 s this way (48 renewals in 180 s
+    /// at 50 nodes, none declared down). Drops that message, the only one this timer sends,
+    /// unless the member did go down: foca then reports it down (`MemberDown`).
+    fn keep_turn_undead_if_down(&mut self, id: &NodeId, sends_before: usize, notes_before: usize) {
+        let went_down = self.fx.notes[notes_before..]
+            .iter()
+            .any(|n| matches!(n, OwnedNotification::MemberDown(m) if m == id));
+        if !went_down {
+            self.fx.sends.truncate(sends_before);
+        }
+    }
+
     /// foca discards its pending timers when this node renews its identity, including the
     /// ones that would turn suspicions of *other* members into "down"; such a suspicion would
     /// then never end (the suspect never hears of it and never refutes). A suspicion older
     /// than twice the timeout is resolved the way the lost timer would have: the member is
     /// declared down, and an alive member will learn it, renew and rejoin.
     fn expire_suspicions(&mut self, now: Now) {
-        // Runs after every timer; with no suspicion there is nothing to scan the view for.
+        // Runs after every timer: walks the suspicions only, not the view.
         if self.suspect_since.is_empty() {
             return;
         }
+        let limit = self.suspicion_limit;
         let expired: Vec<foca::Member<NodeId>> = self
-            .view
-            .values()
+            .suspect_since
+            .iter()
+            .filter(|(_, since)| now.mono.saturating_sub(**since) > limit)
+            .filter_map(|(key, _)| self.view.get(key))
             .filter(|m| m.state == MemberState::Suspect)
-            .filter(|m| {
-                self.suspect_since
-                    .get(&m.id.key)
-                    .is_some_and(|t| now.mono.saturating_sub(*t) > self.suspicion_limit)
-            })
             .map(|m| foca::Member::new(m.id.clone(), m.swim_incarnation, State::Down))
             .collect();
         if expired.is_empty() {
@@ -549,12 +577,35 @@ impl Core {
                 _ => {}
             }
         }
+        self.rescale();
         self.refresh_view(now);
         if renewed {
             self.announce_to(MemberState::Down, ANNOUNCE_AFTER_RENEWAL, now);
         }
         if joined_now {
             self.announce_to(MemberState::Alive, ANNOUNCE_AFTER_JOIN, now);
+        }
+    }
+
+    /// Gives foca the transmissions and suspicion timeout for the current number of members
+    /// when it changed.
+    fn rescale(&mut self) {
+        let members = self.foca.num_members() + 1;
+        if members == self.scaled_for {
+            return;
+        }
+        self.scaled_for = members;
+        let transmissions = NonZeroU8::new(scale::transmissions(members)).expect("at least the base");
+        let suspect = scale::suspect_timeout(self.configured_suspect, members);
+        if transmissions == self.foca_config.max_transmissions && suspect == self.foca_config.suspect_to_down_after {
+            return;
+        }
+        self.foca_config.max_transmissions = transmissions;
+        self.foca_config.suspect_to_down_after = suspect;
+        self.suspicion_limit = suspect * 2 + self.probe_period;
+        if let Err(e) = self.foca.set_config(self.foca_config.clone()) {
+            // Only period and enabling changes are refused; neither is made here.
+            warn!(error = %e, "could not rescale membership settings");
         }
     }
 
@@ -648,6 +699,11 @@ impl Core {
                     if v.swim_incarnation != incarnation {
                         v.swim_incarnation = incarnation;
                         changed = true;
+                        // Suspected again after refuting (between two refreshes): a new
+                        // suspicion with a new timer, not an old one outliving its timer.
+                        if state == MemberState::Suspect {
+                            self.suspect_since.insert(id.key, now.mono);
+                        }
                     }
                 }
                 slot => {

@@ -11,6 +11,7 @@ pub mod compact;
 pub mod core;
 mod id;
 mod join;
+pub mod scale;
 mod timers;
 
 use std::sync::Arc;
