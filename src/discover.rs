@@ -35,7 +35,7 @@ pub const DISCOVERY_GRACE: Duration = Duration::from_secs(5);
 /// oldest wait is dropped; the next record of that member (or a probe) finds it.
 pub const MAX_PENDING_DISCOVERIES: usize = 1024;
 /// How often the waiting records are looked at.
-const DISCOVERY_TICK: Duration = Duration::from_secs(1);
+pub const DISCOVERY_TICK: Duration = Duration::from_secs(1);
 
 /// Members whose node record arrived, waiting for their grace to end.
 #[derive(Debug, Default)]
@@ -56,6 +56,11 @@ impl Discovery {
             self.queued.remove(&old);
         }
         self.pending.push_back((now + DISCOVERY_GRACE, key));
+    }
+
+    /// When the next member's grace ends, if any is waiting.
+    pub fn next_due(&self) -> Option<Duration> {
+        self.pending.front().map(|(at, _)| *at)
     }
 
     /// Whether some member's grace has ended at `now`.

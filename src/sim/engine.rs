@@ -31,7 +31,7 @@ pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often links with nothing in flight are forgotten (memory only; see `Network::prune`).
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
-enum Event {
+pub(super) enum Event {
     /// A datagram arrives at `to`.
     Datagram { to: u32, from: u32, data: Bytes },
     /// A slow node gets round to the datagram with sequence `seq` in its inbox, unless it
@@ -49,6 +49,8 @@ enum Event {
     Wanted { node: u32, epoch: u32 },
     /// The join loop's next attempt.
     JoinRetry { node: u32, epoch: u32 },
+    /// The discovery task looks at members known only from their node records.
+    Discover { node: u32, epoch: u32 },
 }
 
 impl Event {
@@ -173,7 +175,7 @@ impl Sim {
         i
     }
 
-    fn push(&mut self, at: Duration, event: Event) {
+    pub(super) fn push(&mut self, at: Duration, event: Event) {
         self.seq += 1;
         let class = event.class();
         self.queue.push(Reverse(Queued {
@@ -198,6 +200,7 @@ impl Sim {
         let epoch = self.nodes[i].epoch;
         let first_sync = now + self.anti_entropy_interval.mul_f64(self.rng.random::<f64>());
         self.push(first_sync, Event::Sync { node: i as u32, epoch });
+        self.publish_node_info(i);
         self.join_attempt(i);
         self.after_step(i, false);
     }
@@ -233,8 +236,13 @@ impl Sim {
     /// Publishes a small signed record from node `i`: committed there and broadcast through
     /// its membership core. Returns the record's digest.
     pub fn publish(&mut self, i: usize, content: &[u8]) -> [u8; 32] {
+        let wire = records::record(&self.nodes[i].secret, content, self.now);
+        self.publish_wire(i, wire)
+    }
+
+    /// Commits node `i`'s own item `wire` and broadcasts it; returns its digest.
+    pub(super) fn publish_wire(&mut self, i: usize, wire: WireItem) -> [u8; 32] {
         let now = self.now;
-        let wire = records::record(&self.nodes[i].secret, content, now);
         let digest = *blake3::hash(&wire.meta).as_bytes();
         let run = self.nodes[i].run.as_mut().expect("sim: publishing node runs");
         run.replica.store().now = now;
@@ -350,6 +358,12 @@ impl Sim {
                 }
                 self.schedule_wanted(i);
             }
+            Event::Discover { node, epoch } => {
+                let i = node as usize;
+                if self.nodes[i].epoch == epoch && self.nodes[i].live() {
+                    self.discover(i);
+                }
+            }
             Event::JoinRetry { node, epoch } => {
                 let i = node as usize;
                 if self.nodes[i].epoch == epoch
@@ -400,7 +414,7 @@ impl Sim {
 
     /// After any input to node `i`: sends its datagrams, reacts to its events, notes down
     /// verdicts and queues its next timer.
-    fn after_step(&mut self, i: usize, after_timers: bool) {
+    pub(super) fn after_step(&mut self, i: usize, after_timers: bool) {
         let now = self.now;
         let Some(run) = self.nodes[i].run.as_mut() else { return };
         let sends = run.core.take_sends();
@@ -449,6 +463,7 @@ impl Sim {
             self.nodes[i].join_backoff = crate::membership::JOIN_BACKOFF_INITIAL;
             self.join_attempt(i);
         }
+        self.note_node_records(i);
         if self.watch_false_downs && version != self.versions[i] {
             self.note_false_downs(i);
         }

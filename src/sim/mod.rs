@@ -10,11 +10,13 @@
 //!
 //! - [`engine`]: the event queue and how inputs reach the nodes (as the agent's membership
 //!   task: datagrams before timers).
+//! - [`discovery`]: node records, and announcing to members known only through them.
 //! - [`net`]: latency, loss, bandwidth, partitions, one-way cuts, bytes sent.
 //! - [`node`]: one node's identity and run (restarts bump its generation).
 //! - [`observe`]: how nodes see each other and which items they hold.
 //! - [`scenario`]: the measured scenario behind `cargo bench --bench sim`.
 
+pub mod discovery;
 pub mod engine;
 pub mod net;
 pub mod node;

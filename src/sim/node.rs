@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::discover::Discovery;
 use crate::identity::SecretKey;
 use crate::membership::{Core, CoreConfig, NodeId, Now};
 use crate::replication::policy::Policy;
@@ -50,6 +51,11 @@ pub struct Running {
     pub replica: Replica,
     /// Whether it has joined (tracked for the join loop's retries).
     pub joined: bool,
+    /// The agent's decision of which members to announce to, fed with committed node
+    /// records (see [`crate::discover`]).
+    pub discovery: Discovery,
+    /// Whether a look at `discovery` is queued.
+    pub discover_queued: bool,
 }
 
 /// A node slot: its identity across restarts and its current run, if any.
@@ -136,6 +142,8 @@ impl Node {
             core,
             replica,
             joined: false,
+            discovery: Discovery::default(),
+            discover_queued: false,
         });
     }
 

@@ -17,12 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::codec;
-use crate::identity::SecretKey;
+use crate::identity::{PublicKey, SecretKey};
 use crate::membership::{BroadcastFilter, BroadcastKey, NodeId};
 use crate::replication::index::{Digest, Entry, Index};
 use crate::replication::item::{ItemKey, ItemMeta, RecordKind, SignedItem, WireItem};
 use crate::replication::policy::{Policy, Verified};
 use crate::replication::reconcile::{self, Range};
+use crate::replication::records::NodeInfo;
 use crate::replication::{MAX_BROADCAST_ITEM, broadcast_key, hlc};
 
 /// Network id every simulated item carries.
@@ -56,13 +57,15 @@ pub fn wall_ms(now: Duration) -> u64 {
 
 /// A health record of `key`'s node with `content`, signed at virtual time `now`.
 pub fn record(key: &SecretKey, content: &[u8], now: Duration) -> WireItem {
+    node_record(key, RecordKind::Health, content, now)
+}
+
+/// A record of `kind` about `key`'s node with `content`, signed at virtual time `now`.
+pub fn node_record(key: &SecretKey, kind: RecordKind, content: &[u8], now: Duration) -> WireItem {
     let signer = key.public();
     let meta = ItemMeta {
         network: SIM_NETWORK,
-        key: ItemKey::Node {
-            node: signer,
-            kind: RecordKind::Health,
-        },
+        key: ItemKey::Node { node: signer, kind },
         version: hlc::from_ms(wall_ms(now)),
         signer,
         hash: *blake3::hash(content).as_bytes(),
@@ -85,6 +88,9 @@ pub struct Store {
     pub now: Duration,
     /// Items refused by the policy.
     pub rejected: u64,
+    /// Nodes whose node record (`RecordKind::NodeInfo`) committed here since the simulator
+    /// last looked: what the agent's discovery task hears from the replication task.
+    pub node_infos: Vec<PublicKey>,
     seen: crate::replication::Seen,
 }
 
@@ -100,7 +106,24 @@ impl Store {
         self.index.insert(key.clone(), Entry { rank, digest });
         self.items.insert(key, wire);
         self.committed_at.entry(digest).or_insert(self.now);
+        if let ItemKey::Node {
+            node,
+            kind: RecordKind::NodeInfo,
+        } = v.item.meta.key
+        {
+            self.node_infos.push(node);
+        }
         true
+    }
+
+    /// The node record of `node`, if held.
+    pub fn node_info(&self, node: PublicKey) -> Option<NodeInfo> {
+        let key = ItemKey::Node {
+            node,
+            kind: RecordKind::NodeInfo,
+        };
+        let wire = self.items.get(&key.to_bytes())?;
+        codec::decode_exact(wire.content.as_deref()?, MAX_BROADCAST_ITEM).ok()
     }
 
     /// Verifies and commits an item that arrived by anti-entropy.
