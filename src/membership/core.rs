@@ -206,6 +206,8 @@ pub struct Core {
     /// than looking every member up in `view`: at 1,000 members the lookups were most of the
     /// cost of handling a datagram.
     last_seen: Vec<(NodeId, State, u16)>,
+    /// Entries of `last_seen` that are earlier identities of this node.
+    own_in_foca: usize,
 }
 
 impl Core {
@@ -279,6 +281,7 @@ impl Core {
             reconnect_every,
             rng,
             last_seen: Vec::new(),
+            own_in_foca: 0,
         }
     }
 
@@ -679,9 +682,11 @@ impl Core {
         if same_count && differing.is_empty() {
             return;
         }
+        let own = self.foca.identity().key;
         if same_count {
             for (i, id, state, incarnation) in &differing {
-                self.last_seen[*i] = (id.clone(), *state, *incarnation);
+                let old = std::mem::replace(&mut self.last_seen[*i], (id.clone(), *state, *incarnation));
+                self.own_in_foca = self.own_in_foca + usize::from(id.key == own) - usize::from(old.0.key == own);
             }
         } else {
             self.last_seen.clear();
@@ -690,9 +695,16 @@ impl Core {
                     .iter()
                     .map(|(_, id, state, incarnation)| (id.clone(), *state, *incarnation)),
             );
+            self.own_in_foca = self.last_seen.iter().filter(|(id, ..)| id.key == own).count();
         }
         let mut changed = false;
         for (_, id, state, incarnation) in &differing {
+            if id.key == own {
+                // An earlier identity of this node, which foca keeps as down after a renewal
+                // on purpose; the view lists this node once, as itself, and never announces
+                // to it.
+                continue;
+            }
             let (id, state, incarnation) = (id, MemberState::from(*state), *incarnation);
             match self.view.get_mut(&id.addr()) {
                 Some(v) if v.id == *id && v.state == state => {
@@ -736,10 +748,12 @@ impl Core {
                 }
             }
         }
-        if count != self.view.len() {
+        if count - self.own_in_foca != self.view.len() {
             // foca forgot members that were down long enough.
-            let current: std::collections::HashSet<PublicKey> =
-                self.foca.iter_membership_state().map(|m| m.id().key).collect();
+            let current: std::collections::HashSet<PublicKey> = (self.foca.iter_membership_state())
+                .map(|m| m.id().key)
+                .filter(|k| *k != own)
+                .collect();
             self.view.retain(|k, _| current.contains(k));
             self.suspect_since.retain(|k, _| current.contains(k));
             changed = true;
