@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::filter::ItemFilter;
 use super::index::Entry;
 use super::item::{FAMILY_FILE, ItemKey, ItemMeta, RecordKind, SignedItem, WireItem};
+use super::member_up::MemberUpSyncs;
 use super::policy::{Reject, Verified};
 use super::sync::Syncer;
 use super::{Command, Committed, MAX_BROADCAST_ITEM, Origin, ReplicationConfig, ReplicationHandle, Shared, hlc};
@@ -36,21 +37,6 @@ pub const MAX_SYNC_SESSIONS: usize = 2;
 pub const TRIGGERED_SYNC_SPACING: Duration = Duration::from_millis(500);
 /// Times a declined session is tried again (after 0.5, 1 and 2 s).
 pub const MAX_SYNC_RETRIES: u32 = 3;
-/// How many members, on average, reconcile with a member that comes up, whatever the size of
-/// the mesh: each does with probability `SYNCS_PER_MEMBER_UP / alive members`. When every
-/// member did, one join cost the newcomer a session with every member (O(N) sessions served,
-/// O(N²) across a join storm of N); now a join costs O(1) sessions on each side, a storm of N
-/// O(log N) per node. What the newcomer lacks it gets from its own first session; what it
-/// brings it broadcasts. Across a healed partition of two halves each node starts 1.5 sessions
-/// on average (at least one with probability ≈ 78 %), and periodic anti-entropy does the rest.
-pub const SYNCS_PER_MEMBER_UP: f64 = 3.0;
-/// Whether this node reconciles with a member that just came up, given the `others` members
-/// besides itself that are not down and a uniform `draw` in [0, 1) (see
-/// [`SYNCS_PER_MEMBER_UP`]). The agent and the simulator both decide with this.
-pub fn syncs_with_member_up(others: usize, draw: f64) -> bool {
-    draw * (others.max(1) as f64) < SYNCS_PER_MEMBER_UP
-}
-
 /// Members that came up kept for a session when one cannot start at once (the oldest goes).
 pub const MAX_WANTED_SYNCS: usize = 4;
 /// While received items are not passed on (the broadcast backlog is full), a node starts an
@@ -108,6 +94,8 @@ struct Actor {
     queue: VecDeque<Vec<u8>>,
     syncs_running: usize,
     last_triggered_sync: Option<Instant>,
+    /// Which members that come up to reconcile with.
+    member_up: MemberUpSyncs,
     /// Members that came up while no triggered session could start (spacing or session
     /// limit), newest last: after a partition heals, the one that brings the other side's
     /// writes may be any of them, so they are not dropped.
@@ -198,6 +186,7 @@ pub fn spawn(
         queue: VecDeque::new(),
         syncs_running: 0,
         last_triggered_sync: None,
+        member_up: MemberUpSyncs::default(),
         wanted: VecDeque::new(),
         interval: config.anti_entropy_interval,
     };
@@ -237,7 +226,7 @@ impl Actor {
                         let (alive, suspect, _) = self.membership.snapshot().counts();
                         // The counts include this node.
                         let others = (alive + suspect).saturating_sub(1);
-                        if syncs_with_member_up(others, rand::random::<f64>()) {
+                        if self.member_up.on_up(others, rand::random::<f64>()) {
                             self.sync_with(Some(id), true);
                         }
                     }
@@ -660,6 +649,7 @@ impl Actor {
     fn start_sync(&mut self, id: NodeId, attempt: u32) {
         let (key, target) = (id.key, id.target());
         self.syncs_running += 1;
+        self.member_up.synced();
         self.shared.stats.syncs_started.fetch_add(1, Ordering::Relaxed);
         let syncer = self.syncer.clone();
         let tx = self.tx.clone();

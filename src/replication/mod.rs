@@ -14,6 +14,7 @@ mod filter;
 pub mod hlc;
 pub mod index;
 pub mod item;
+pub mod member_up;
 pub mod policy;
 pub mod protocol;
 pub mod reconcile;
@@ -33,7 +34,7 @@ use tokio_util::task::TaskTracker;
 pub use actor::{ActorParts, spawn};
 // For the simulator (`crate::sim`), which runs the filter's checks and schedules anti-entropy
 // as the actor does.
-pub(crate) use actor::{MAX_WANTED_SYNCS, TRIGGERED_SYNC_SPACING, syncs_with_member_up};
+pub(crate) use actor::{MAX_WANTED_SYNCS, TRIGGERED_SYNC_SPACING};
 pub(crate) use filter::{Seen, broadcast_key, passed_on_at_once};
 use index::Index;
 use item::{ItemKey, RecordKind, WireItem};

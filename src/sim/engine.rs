@@ -445,8 +445,10 @@ impl Sim {
             let peer = match event {
                 MemberEvent::Joined => None,
                 MemberEvent::Up(id) => {
-                    let others = self.nodes[i].run.as_ref().map_or(0, |r| r.core.active_peers());
-                    if !crate::replication::syncs_with_member_up(others, self.rng.random::<f64>()) {
+                    let draw = self.rng.random::<f64>();
+                    let run = self.nodes[i].run.as_mut().expect("sim: live node");
+                    let others = run.core.active_peers();
+                    if !run.member_up.on_up(others, draw) {
                         continue;
                     }
                     Some(id)
@@ -527,6 +529,9 @@ impl Sim {
             reconcile(&mine, &theirs)
         };
         self.counters.sync_sessions += 1;
+        if let Some(run) = self.nodes[i].run.as_mut() {
+            run.member_up.synced();
+        }
         self.counters.synced_items += (session.to_initiator.len() + session.to_responder.len()) as u64;
         // Counted as one stream message each way; the session lasts its round trips.
         let there = self.net.send_stream(&mut self.rng, now, i, j, session.initiator_bytes);

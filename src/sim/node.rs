@@ -11,6 +11,7 @@ use bytes::Bytes;
 use crate::discover::Discovery;
 use crate::identity::SecretKey;
 use crate::membership::{Core, CoreConfig, NodeId, Now};
+use crate::replication::member_up::MemberUpSyncs;
 use crate::replication::policy::Policy;
 
 use super::records::{Replica, wall_ms};
@@ -56,6 +57,8 @@ pub struct Running {
     pub discovery: Discovery,
     /// Whether a look at `discovery` is queued.
     pub discover_queued: bool,
+    /// Which members that come up to reconcile with (the actor's decision).
+    pub member_up: MemberUpSyncs,
 }
 
 /// A node slot: its identity across restarts and its current run, if any.
@@ -144,6 +147,7 @@ impl Node {
             joined: false,
             discovery: Discovery::default(),
             discover_queued: false,
+            member_up: MemberUpSyncs::default(),
         });
     }
 
