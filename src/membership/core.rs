@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{Foca, Identity, OwnedNotification, Runtime, State, Timer};
+use foca::{Foca, OwnedNotification, Runtime, State, Timer};
 use rand::rngs::SmallRng;
-use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -24,6 +23,9 @@ use super::id::{FocaCodec, NodeId};
 use super::scale;
 use super::timers::TimerQueue;
 use crate::identity::PublicKey;
+
+mod repair;
+mod view;
 
 /// Largest SWIM packet. QUIC datagrams on a fresh path carry at least ~1160 bytes of payload
 /// (1200-byte minimum MTU less headers); one byte goes to the channel tag.
@@ -199,6 +201,8 @@ pub struct Core {
     /// just after that instant would wait a whole interval).
     next_reconnect: Duration,
     reconnect_every: Duration,
+    /// Wall time of the last reconnect tick (members declared down since are tried first).
+    last_reconnect_ms: u64,
     /// This node's own random choices (foca has its own), seeded for reproducible simulations.
     rng: SmallRng,
     /// Each foca member's identity, state and incarnation as of the last view refresh, in
@@ -279,6 +283,7 @@ impl Core {
             scaled_for: 1,
             next_reconnect: now.mono + reconnect_every.mul_f64(rng.random::<f64>()),
             reconnect_every,
+            last_reconnect_ms: now.wall_ms,
             rng,
             last_seen: Vec::new(),
             own_in_foca: 0,
@@ -377,51 +382,6 @@ impl Core {
             self.announce_to_random_down(RECONNECT_FANOUT, now);
         }
         self.after(now);
-    }
-
-    /// foca 2.0 tells a suspect it was declared down ("TurnUndead") when its suspicion timer
-    /// fires, even when the suspect refuted in time and so is not declared down; the suspect
-    /// then renews its identity and rejoins as if it had been. In the whole-mesh simulator
-    /// every node whose input lagged 1–2 s renewed every 4–6 s this way (48 renewals in 180 s
-    /// at 50 nodes, none declared down). Drops that message, the only one this timer sends,
-    /// unless the member did go down: foca then reports it down (`MemberDown`).
-    fn keep_turn_undead_if_down(&mut self, id: &NodeId, sends_before: usize, notes_before: usize) {
-        let went_down = self.fx.notes[notes_before..]
-            .iter()
-            .any(|n| matches!(n, OwnedNotification::MemberDown(m) if m == id));
-        if !went_down {
-            self.fx.sends.truncate(sends_before);
-        }
-    }
-
-    /// foca discards its pending timers when this node renews its identity, including the
-    /// ones that would turn suspicions of *other* members into "down"; such a suspicion would
-    /// then never end (the suspect never hears of it and never refutes). A suspicion older
-    /// than twice the timeout is resolved the way the lost timer would have: the member is
-    /// declared down, and an alive member will learn it, renew and rejoin.
-    fn expire_suspicions(&mut self, now: Now) {
-        // Runs after every timer: walks the suspicions only, not the view.
-        if self.suspect_since.is_empty() {
-            return;
-        }
-        let limit = self.suspicion_limit;
-        let expired: Vec<foca::Member<NodeId>> = self
-            .suspect_since
-            .iter()
-            .filter(|(_, since)| now.mono.saturating_sub(**since) > limit)
-            .filter_map(|(key, _)| self.view.get(key))
-            .filter(|m| m.state == MemberState::Suspect)
-            .map(|m| foca::Member::new(m.id.clone(), m.swim_incarnation, State::Down))
-            .collect();
-        if expired.is_empty() {
-            return;
-        }
-        for m in &expired {
-            warn!(member = ?m.id(), "suspicion outlived its timer; declaring the member down");
-        }
-        if let Err(e) = self.foca.apply_many(expired.into_iter(), true, &mut self.fx) {
-            debug!(error = %e, "expiring suspicions");
-        }
     }
 
     /// Declares down the member with key `key` whose certificate expired while connected
@@ -587,179 +547,6 @@ impl Core {
         }
         if joined_now {
             self.announce_to(MemberState::Alive, ANNOUNCE_AFTER_JOIN, now);
-        }
-    }
-
-    /// Gives foca the transmissions and suspicion timeout for the current number of members
-    /// when it changed.
-    fn rescale(&mut self) {
-        let members = self.foca.num_members() + 1;
-        if members == self.scaled_for {
-            return;
-        }
-        self.scaled_for = members;
-        let transmissions = NonZeroU8::new(scale::transmissions(members)).expect("at least the base");
-        let suspect = scale::suspect_timeout(self.configured_suspect, members);
-        if transmissions == self.foca_config.max_transmissions && suspect == self.foca_config.suspect_to_down_after {
-            return;
-        }
-        self.foca_config.max_transmissions = transmissions;
-        self.foca_config.suspect_to_down_after = suspect;
-        self.suspicion_limit = suspect * 2 + self.probe_period;
-        if let Err(e) = self.foca.set_config(self.foca_config.clone()) {
-            // Only period and enabling changes are refused; neither is made here.
-            warn!(error = %e, "could not rescale membership settings");
-        }
-    }
-
-    /// Announces this node to up to `count` members in `state`: down ones after a renewal
-    /// (being declared down usually means a partition just healed, and those members are likely
-    /// back too: one round trip rejoins the sides instead of waiting for the reconnect tick),
-    /// alive ones after joining (see [`ANNOUNCE_AFTER_JOIN`]).
-    fn announce_to(&mut self, state: MemberState, count: usize, now: Now) {
-        // Each node picks the members closest to its own key (XOR), so nodes announcing at the
-        // same time spread out instead of all picking the same few.
-        let me = *self.identity().key.as_bytes();
-        let distance = |k: &PublicKey| -> [u8; 32] { std::array::from_fn(|i| k.as_bytes()[i] ^ me[i]) };
-        let mut targets: Vec<NodeId> = self
-            .view
-            .values()
-            .filter(|m| m.state == state)
-            .map(|m| m.id.clone())
-            .collect();
-        targets.sort_by_key(|id| distance(&id.key));
-        targets.truncate(count);
-        self.announce_each(targets, now);
-    }
-
-    /// Announces this node to `count` random members believed down: how the two sides of a
-    /// healed partition find each other again (the answer tells each side it was declared down,
-    /// and it rejoins under a renewed identity).
-    fn announce_to_random_down(&mut self, count: usize, now: Now) {
-        let down: Vec<NodeId> = self
-            .view
-            .values()
-            .filter(|m| m.state == MemberState::Down)
-            .map(|m| m.id.clone())
-            .collect();
-        let chosen = down.sample(&mut self.rng, count).cloned().collect();
-        self.announce_each(chosen, now);
-    }
-
-    /// Announces this node to each of `targets`.
-    fn announce_each(&mut self, targets: Vec<NodeId>, now: Now) {
-        self.fx.now = now.mono;
-        for id in targets {
-            if let Err(e) = self.foca.announce(id, &mut self.fx) {
-                debug!(error = %e, "announce");
-            }
-        }
-        for (due, t) in self.fx.timers.drain(..) {
-            self.timers.push(due, t);
-        }
-    }
-
-    fn refresh_view(&mut self, now: Now) {
-        let count = self.foca.iter_membership_state().len();
-        let same_count = count == self.last_seen.len();
-        // Members whose identity, state or incarnation differ from what was at their position
-        // at the last refresh: all of them when the count changed (foca's order shifts then).
-        // The view already matches every other member, so only these need looking up.
-        let differing: Vec<(usize, NodeId, State, u16)> = self
-            .foca
-            .iter_membership_state()
-            .enumerate()
-            .filter(|(i, m)| {
-                !same_count || {
-                    let (id, state, incarnation) = &self.last_seen[*i];
-                    m.state() != *state || m.incarnation() != *incarnation || m.id() != id
-                }
-            })
-            .map(|(i, m)| (i, m.id().clone(), m.state(), m.incarnation()))
-            .collect();
-        // With a different count nothing may differ by position and still something changed:
-        // foca forgot its last member (the count fell to zero).
-        if same_count && differing.is_empty() {
-            return;
-        }
-        let own = self.foca.identity().key;
-        if same_count {
-            for (i, id, state, incarnation) in &differing {
-                let old = std::mem::replace(&mut self.last_seen[*i], (id.clone(), *state, *incarnation));
-                self.own_in_foca = self.own_in_foca + usize::from(id.key == own) - usize::from(old.0.key == own);
-            }
-        } else {
-            self.last_seen.clear();
-            self.last_seen.extend(
-                differing
-                    .iter()
-                    .map(|(_, id, state, incarnation)| (id.clone(), *state, *incarnation)),
-            );
-            self.own_in_foca = self.last_seen.iter().filter(|(id, ..)| id.key == own).count();
-        }
-        let mut changed = false;
-        for (_, id, state, incarnation) in &differing {
-            if id.key == own {
-                // An earlier identity of this node, which foca keeps as down after a renewal
-                // on purpose; the view lists this node once, as itself, and never announces
-                // to it.
-                continue;
-            }
-            let (id, state, incarnation) = (id, MemberState::from(*state), *incarnation);
-            match self.view.get_mut(&id.addr()) {
-                Some(v) if v.id == *id && v.state == state => {
-                    if v.swim_incarnation != incarnation {
-                        v.swim_incarnation = incarnation;
-                        changed = true;
-                        // Suspected again after refuting (between two refreshes): a new
-                        // suspicion with a new timer, not an old one outliving its timer.
-                        if state == MemberState::Suspect {
-                            self.suspect_since.insert(id.key, now.mono);
-                        }
-                    }
-                }
-                slot => {
-                    let name = self.names.get(&id.key).cloned();
-                    let view = MemberView {
-                        id: id.clone(),
-                        name,
-                        state,
-                        since_ms: now.wall_ms,
-                        swim_incarnation: incarnation,
-                        local: false,
-                    };
-                    match state {
-                        MemberState::Down => info!(member = ?id, "member down"),
-                        MemberState::Suspect => info!(member = ?id, "member suspect"),
-                        MemberState::Alive => info!(member = ?id, "member alive"),
-                    }
-                    if state == MemberState::Suspect {
-                        self.suspect_since.insert(id.key, now.mono);
-                    } else {
-                        self.suspect_since.remove(&id.key);
-                    }
-                    match slot {
-                        Some(v) => *v = view,
-                        None => {
-                            self.view.insert(id.key, view);
-                        }
-                    }
-                    changed = true;
-                }
-            }
-        }
-        if count - self.own_in_foca != self.view.len() {
-            // foca forgot members that were down long enough.
-            let current: std::collections::HashSet<PublicKey> = (self.foca.iter_membership_state())
-                .map(|m| m.id().key)
-                .filter(|k| *k != own)
-                .collect();
-            self.view.retain(|k, _| current.contains(k));
-            self.suspect_since.retain(|k, _| current.contains(k));
-            changed = true;
-        }
-        if changed {
-            self.version += 1;
         }
     }
 }
