@@ -173,8 +173,11 @@ async fn isolated_agent_rejoins_when_its_bootstrap_peer_returns() {
     .await;
 
     let _seed = AgentProcess::spawn(&config, http);
+    // The join loop backs off (0.5, 1, 2, 4, 8 s...) while the seed is away; on a loaded
+    // machine the seed's restart can fall just after one attempt, and the next comes seconds
+    // later. A run of CI with other work on the machine missed a 10 s wait.
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "lonely agent rejoins the restarted seed",
         || lonely.snapshot().joined && alive_count(&lonely) == 2,
     )
