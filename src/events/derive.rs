@@ -37,6 +37,9 @@ struct Deriver {
     names: crate::names::Names,
 }
 
+/// Least time between two full reloads of the node records after missed commits.
+pub const RELOAD_SPACING: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Starts the task that derives events until the agent stops.
 pub fn spawn(
     log: Arc<EventLog>,
@@ -64,29 +67,38 @@ pub fn spawn(
             .insert(node, failed.filter(|j| j.status.is_failure()).map(|j| j.seq).collect());
     }
     tokio::spawn(async move {
+        let mut reload_due = false;
+        let mut reload_tick = tokio::time::interval(RELOAD_SPACING);
+        reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    let snapshot = snapshots.borrow_and_update().clone();
+                    // Read in place (no await while borrowed): a copy of the member list per
+                    // change was O(N) per change on every node.
+                    let snapshot = snapshots.borrow_and_update();
                     d.names.observe_members(&snapshot);
                     d.observe_members(&snapshot, true);
                 }
                 commit = commits.recv() => match commit {
                     Ok(c) => {
-                        let snapshot = snapshots.borrow().clone();
-                        d.names.observe_commit(&c, &snapshot);
+                        d.names.observe_commit(&c, &snapshots.borrow());
                         d.observe_commit(&c);
                     }
                     Err(RecvError::Lagged(n)) => {
+                        // Reading every node record again is O(N); a starved node lags again
+                        // and again, so it happens at most once per RELOAD_SPACING.
                         tracing::warn!(missed = n, "event deriver fell behind commits");
-                        let snapshot = snapshots.borrow().clone();
-                        d.names.reload(&snapshot);
+                        reload_due = true;
                     }
                     Err(RecvError::Closed) => return,
                 },
+                _ = reload_tick.tick(), if reload_due => {
+                    reload_due = false;
+                    d.names.reload(&snapshots.borrow());
+                }
                 refusal = refusals.recv() => match refusal {
                     Ok(r) => d.observe_refusal(&r),
                     Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "event deriver fell behind refusals"),
