@@ -72,6 +72,13 @@ impl Sim {
         live.iter().all(|&i| fp(i) == want)
     }
 
+    /// Whether no running node has broadcast items left to pass on.
+    pub fn quiet(&self) -> bool {
+        (self.nodes.iter())
+            .filter_map(|n| n.run.as_ref())
+            .all(|r| r.core.broadcast_backlog() == 0)
+    }
+
     /// Items not passed on because a backlog was full, summed over running nodes.
     pub fn relays_skipped(&self) -> u64 {
         self.nodes

@@ -18,7 +18,9 @@ pub const START_SPREAD: Duration = Duration::from_secs(10);
 pub const CONVERGE_LIMIT: Duration = Duration::from_secs(300);
 /// How often convergence is checked (the resolution of `join_s` and `heal_s`).
 pub const CONVERGE_POLL: Duration = Duration::from_millis(250);
-/// Quiet time after joining before the idle window.
+/// Longest wait, after joining, for every broadcast backlog to empty.
+pub const QUIET_LIMIT: Duration = Duration::from_secs(120);
+/// Time after the join's broadcasts are passed on before the idle window.
 pub const SETTLE: Duration = Duration::from_secs(10);
 /// Length of the idle window, and of the window after one join.
 pub const WINDOW: Duration = Duration::from_secs(30);
@@ -206,7 +208,11 @@ pub fn run(opts: &Options<'_>) -> (Report, Diagnostics) {
     .map(|d| d + last_start);
     say(format!("joined: {join:?} (virtual)"));
 
-    // Idle.
+    // Idle: once every node has passed on what the join brought (each joiner's node record
+    // goes out as a broadcast; at 500 nodes the backlogs were still draining 10 s after the
+    // join), and SETTLE more.
+    let quiet = wait_for(&mut sim, CONVERGE_POLL, QUIET_LIMIT, Sim::quiet);
+    say(format!("broadcasts passed on: {quiet:?} after joining"));
     sim.run_until(sim.now() + SETTLE);
     let before = total_sent(&sim);
     sim.run_until(sim.now() + WINDOW);
