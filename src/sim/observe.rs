@@ -72,11 +72,11 @@ impl Sim {
         live.iter().all(|&i| fp(i) == want)
     }
 
-    /// Whether no running node has broadcast items left to pass on.
+    /// Whether no running node has items or membership updates left to pass on.
     pub fn quiet(&self) -> bool {
         (self.nodes.iter())
             .filter_map(|n| n.run.as_ref())
-            .all(|r| r.core.broadcast_backlog() == 0)
+            .all(|r| r.core.broadcast_backlog() == 0 && r.core.updates_backlog() == 0)
     }
 
     /// Items not passed on because a backlog was full, summed over running nodes.

@@ -18,7 +18,7 @@ pub const START_SPREAD: Duration = Duration::from_secs(10);
 pub const CONVERGE_LIMIT: Duration = Duration::from_secs(300);
 /// How often convergence is checked (the resolution of `join_s` and `heal_s`).
 pub const CONVERGE_POLL: Duration = Duration::from_millis(250);
-/// Longest wait, after joining, for every broadcast backlog to empty.
+/// Longest wait, after joining, for every backlog of updates and items to empty.
 pub const QUIET_LIMIT: Duration = Duration::from_secs(120);
 /// Time after the join's broadcasts are passed on before the idle window.
 pub const SETTLE: Duration = Duration::from_secs(10);
@@ -208,9 +208,9 @@ pub fn run(opts: &Options<'_>) -> (Report, Diagnostics) {
     .map(|d| d + last_start);
     say(format!("joined: {join:?} (virtual)"));
 
-    // Idle: once every node has passed on what the join brought (each joiner's node record
-    // goes out as a broadcast; at 500 nodes the backlogs were still draining 10 s after the
-    // join), and SETTLE more.
+    // Idle: once every node has passed on what the join brought (join updates, and each
+    // joiner's node record; at 500 nodes they were still being passed on 10 s after the join),
+    // and SETTLE more.
     let quiet = wait_for(&mut sim, CONVERGE_POLL, QUIET_LIMIT, Sim::quiet);
     say(format!("broadcasts passed on: {quiet:?} after joining"));
     sim.run_until(sim.now() + SETTLE);
@@ -361,7 +361,18 @@ pub fn run(opts: &Options<'_>) -> (Report, Diagnostics) {
     sim.net.heal();
     let healed_at = sim.now();
     // The view first (said, not reported), then the view and the items together.
-    let view = wait_for(&mut sim, CONVERGE_POLL, CONVERGE_LIMIT, Sim::all_alive);
+    let mut polls = 0u32;
+    let view = wait_for(&mut sim, CONVERGE_POLL, CONVERGE_LIMIT, |sim| {
+        polls += 1;
+        if opts.verbose && polls.is_multiple_of(20) {
+            eprintln!(
+                "  heal +{:?}: [alive, suspect, down, unknown] = {:?}",
+                sim.now() - healed_at,
+                sim.view_summary()
+            );
+        }
+        sim.all_alive()
+    });
     say(format!("healed view: {view:?}"));
     let heal = wait_for(&mut sim, CONVERGE_POLL, CONVERGE_LIMIT, |sim| {
         sim.all_alive() && sim.items_agree()
