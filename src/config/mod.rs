@@ -209,9 +209,9 @@ pub struct ClusterConfig {
     /// How long a down member stays listed before it is forgotten. Default 1h.
     #[serde(default = "default_forget_down_after", with = "humantime_serde")]
     pub forget_down_after: Duration,
-    /// How often each node tries to reach two members it believes down, so that the two sides
-    /// of a healed partition find each other again. Each try costs a QUIC handshake attempt
-    /// while any member is down. Default 20s.
+    /// How often each node tries to reach members it believes down (all of them up to 8, else
+    /// two, recent verdicts first), so that the two sides of a healed partition find each other
+    /// again. Each try costs a QUIC handshake attempt while any member is down. Default 20s.
     #[serde(default = "default_reconnect_interval", with = "humantime_serde")]
     pub reconnect_interval: Duration,
     /// Longest wait between join attempts (backoff doubles from 500ms up to this). Default 30s.
