@@ -39,12 +39,12 @@ fn fifty_nodes_stay_within_bounds() {
     assert_bounds(&r);
 }
 
-/// The full-size run. Ignored: it takes about 16 minutes with `--release` on a 2-core machine,
-/// and shoal does not meet the bounds at this size yet (seed 1: a burst join leaves 14 pairs of
-/// members unaware of each other 300 s later; 5 % loss with 5 % slow nodes brought down
-/// verdicts against 142 identities of running nodes). Run it with `cargo test --release --test sim -- --ignored`.
+/// The full-size run. Ignored: it takes about 16 minutes with `--release` on a 2-core machine
+/// (the issue asks for under 2 minutes in the suite). Seed 1 met these bounds at 779a60c
+/// (BENCHMARKS.md, "Slow members, join discovery and log-N settings in the simulator"). Run it
+/// with `cargo test --release --test sim -- --ignored`.
 #[test]
-#[ignore = "minutes long; shoal misses the join and false-down bounds at 1,000 nodes"]
+#[ignore = "16 minutes long in a release build"]
 fn a_thousand_nodes() {
     let r = report(1000, 1);
     println!("{}", serde_json::to_string(&r).unwrap());
