@@ -63,11 +63,6 @@ impl Discovery {
         self.pending.front().map(|(at, _)| *at)
     }
 
-    /// Whether some member's grace has ended at `now`.
-    pub fn any_due(&self, now: Duration) -> bool {
-        self.pending.front().is_some_and(|(at, _)| *at <= now)
-    }
-
     /// Members whose grace has ended at `now` and that membership still does not know.
     pub fn due(&mut self, now: Duration, known: impl Fn(&PublicKey) -> bool) -> Vec<PublicKey> {
         let mut out = Vec::new();
@@ -112,7 +107,7 @@ pub fn spawn(
                     Err(RecvError::Closed) => return,
                 },
                 _ = tick.tick() => {
-                    if !discovery.any_due(start.elapsed()) {
+                    if discovery.next_due().is_none_or(|at| at > start.elapsed()) {
                         // Nothing waiting: no walk of the member list.
                         continue;
                     }

@@ -490,11 +490,11 @@ fn file_names(opts: &Opts) -> Vec<String> {
     names
 }
 
-/// Runs every shoal scenario at size `n`.
 /// How long a simultaneous start may take to converge before the join is reported as a lower
 /// bound.
 const JOIN_LIMIT: Duration = Duration::from_secs(180);
 
+/// Runs every shoal scenario at size `n`.
 pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<Row>) {
     rt.block_on(async {
         let t0 = Instant::now();

@@ -44,13 +44,13 @@ const ANNOUNCE_AFTER_RENEWAL: usize = 3;
 /// newcomer the whole mesh in one round trip instead of over many probe periods.
 const ANNOUNCE_AFTER_JOIN: usize = 4;
 /// Members believed down that a node announces itself to every `reconnect_interval`.
-const RECONNECT_FANOUT: usize = 2;
+pub(super) const RECONNECT_FANOUT: usize = 2;
 /// With at most this many members believed down, a node announces itself to all of them every
 /// `reconnect_interval`, not just `RECONNECT_FANOUT`: a member that missed every copy of another's
 /// renewal holds its old identity down and learns the new one only from a reply, and picking 2
 /// of a handful of long-dead members left one such pair apart for 55 s after a heal at 200
 /// nodes in the simulator. At most this many dial attempts per interval.
-const RECONNECT_ALL_UP_TO: usize = 8;
+pub(super) const RECONNECT_ALL_UP_TO: usize = 8;
 /// How often a member asks a random peer for members it may not know.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -385,13 +385,7 @@ impl Core {
         self.expire_suspicions(now);
         if now.mono >= self.next_reconnect {
             self.next_reconnect = now.mono + self.reconnect_every;
-            let down = self.view.values().filter(|m| m.state == MemberState::Down).count();
-            let fanout = if down <= RECONNECT_ALL_UP_TO {
-                down
-            } else {
-                RECONNECT_FANOUT
-            };
-            self.announce_to_random_down(fanout, now);
+            self.reconnect(now);
         }
         self.after(now);
     }

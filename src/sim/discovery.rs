@@ -43,17 +43,25 @@ impl Sim {
         let now = self.now();
         let node = &mut self.nodes[i];
         let own = node.id.key;
-        let epoch = node.epoch;
         let Some(run) = node.run.as_mut() else { return };
         let committed = std::mem::take(&mut run.replica.store().node_infos);
         for key in committed.into_iter().filter(|k| *k != own) {
             run.discovery.record_committed(key, now);
         }
-        if !run.discover_queued
+        if !run.discover_queued {
+            self.queue_discovery(i, now);
+        }
+    }
+
+    /// Queues node `i`'s next look at its discovery, when the first grace ends but not before
+    /// `earliest`, if any member is waiting.
+    fn queue_discovery(&mut self, i: usize, earliest: std::time::Duration) {
+        let epoch = self.nodes[i].epoch;
+        if let Some(run) = self.nodes[i].run.as_mut()
             && let Some(at) = run.discovery.next_due()
         {
             run.discover_queued = true;
-            self.push(at.max(now), Event::Discover { node: i as u32, epoch });
+            self.push(at.max(earliest), Event::Discover { node: i as u32, epoch });
         }
     }
 
@@ -78,13 +86,7 @@ impl Sim {
             // Refused only for this node's own address; nothing to retry.
             let _ = run.core.announce(id, now_at(now));
         }
-        let epoch = self.nodes[i].epoch;
-        if let Some(run) = self.nodes[i].run.as_mut()
-            && let Some(at) = run.discovery.next_due()
-        {
-            run.discover_queued = true;
-            self.push(at.max(now + DISCOVERY_TICK), Event::Discover { node: i as u32, epoch });
-        }
+        self.queue_discovery(i, now + DISCOVERY_TICK);
         self.after_step(i, false);
     }
 }

@@ -164,6 +164,23 @@ fn wait_for(sim: &mut Sim, poll: Duration, limit: Duration, mut done: impl FnMut
     }
 }
 
+/// Runs until every running node sees every other alive (within [`CONVERGE_LIMIT`]); when
+/// `verbose`, says how the nodes see each other every `every` polls, after `label`.
+fn wait_for_whole_view(sim: &mut Sim, verbose: bool, every: u32, label: impl Fn(&Sim) -> String) -> Option<Duration> {
+    let mut polls = 0u32;
+    wait_for(sim, CONVERGE_POLL, CONVERGE_LIMIT, |sim| {
+        polls += 1;
+        if verbose && polls.is_multiple_of(every) {
+            eprintln!(
+                "  {}: [alive, suspect, down, unknown] = {:?}",
+                label(sim),
+                sim.view_summary()
+            );
+        }
+        sim.all_alive()
+    })
+}
+
 /// Runs the scenario.
 pub fn run(opts: &Options<'_>) -> (Report, Diagnostics) {
     assert!(opts.nodes >= 4, "sim: the scenario needs at least 4 nodes");
@@ -193,19 +210,8 @@ pub fn run(opts: &Options<'_>) -> (Report, Diagnostics) {
     }
     // Measured from the first start (time zero).
     let last_start = sim.now();
-    let mut polls = 0u32;
-    let join = wait_for(&mut sim, CONVERGE_POLL, CONVERGE_LIMIT, |sim| {
-        polls += 1;
-        if opts.verbose && polls.is_multiple_of(40) {
-            eprintln!(
-                "  at {:?}: [alive, suspect, down, unknown] = {:?}",
-                sim.now(),
-                sim.view_summary()
-            );
-        }
-        sim.all_alive()
-    })
-    .map(|d| d + last_start);
+    let join =
+        wait_for_whole_view(&mut sim, opts.verbose, 40, |sim| format!("at {:?}", sim.now())).map(|d| d + last_start);
     say(format!("joined: {join:?} (virtual)"));
 
     // Idle: once every node has passed on what the join brought (join updates, and each
@@ -361,17 +367,8 @@ pub fn run(opts: &Options<'_>) -> (Report, Diagnostics) {
     sim.net.heal();
     let healed_at = sim.now();
     // The view first (said, not reported), then the view and the items together.
-    let mut polls = 0u32;
-    let view = wait_for(&mut sim, CONVERGE_POLL, CONVERGE_LIMIT, |sim| {
-        polls += 1;
-        if opts.verbose && polls.is_multiple_of(20) {
-            eprintln!(
-                "  heal +{:?}: [alive, suspect, down, unknown] = {:?}",
-                sim.now() - healed_at,
-                sim.view_summary()
-            );
-        }
-        sim.all_alive()
+    let view = wait_for_whole_view(&mut sim, opts.verbose, 20, |sim| {
+        format!("heal +{:?}", sim.now() - healed_at)
     });
     say(format!("healed view: {view:?}"));
     let heal = wait_for(&mut sim, CONVERGE_POLL, CONVERGE_LIMIT, |sim| {

@@ -9,7 +9,7 @@ use rand::seq::IndexedRandom;
 use tracing::{debug, warn};
 
 use super::super::scale;
-use super::{Core, MemberState, MemberView, NodeId, Now};
+use super::{Core, MemberState, MemberView, NodeId, Now, RECONNECT_ALL_UP_TO, RECONNECT_FANOUT};
 use crate::identity::PublicKey;
 
 impl Core {
@@ -100,20 +100,27 @@ impl Core {
         self.announce_each(targets, now);
     }
 
-    /// Announces this node to `count` members believed down, at random: how the two sides of
+    /// The reconnect tick: announces this node to members believed down, how the two sides of
     /// a healed partition find each other again (the answer tells each side it was declared
-    /// down, and it rejoins under a renewed identity). Members declared down since the last
-    /// tick come first: such a verdict may be stale (reached just before a partition healed,
-    /// or under loss), and a member that is up learns of it only when told. The simulator saw
-    /// one such verdict at 500 nodes outlive a heal by 46 s, waiting to be picked among the
-    /// long-dead members.
-    pub(super) fn announce_to_random_down(&mut self, count: usize, now: Now) {
+    /// down, and it rejoins under a renewed identity). All of them while there are at most
+    /// [`RECONNECT_ALL_UP_TO`], else [`RECONNECT_FANOUT`] at random. Members declared down since
+    /// the last tick come first: such a verdict may be stale (reached just before a partition
+    /// healed, or under loss), and a member that is up learns of it only when told. The
+    /// simulator saw one such verdict at 500 nodes outlive a heal by 46 s, waiting to be picked
+    /// among the long-dead members.
+    pub(super) fn reconnect(&mut self, now: Now) {
         let since = std::mem::replace(&mut self.last_reconnect_ms, now.wall_ms);
         let (recent, older): (Vec<&MemberView>, Vec<&MemberView>) = self
             .view
             .values()
             .filter(|m| m.state == MemberState::Down)
             .partition(|m| m.since_ms >= since);
+        let down = recent.len() + older.len();
+        let count = if down <= RECONNECT_ALL_UP_TO {
+            down
+        } else {
+            RECONNECT_FANOUT
+        };
         let mut chosen: Vec<NodeId> = recent.sample(&mut self.rng, count).map(|m| m.id.clone()).collect();
         let rest = count - chosen.len();
         chosen.extend(older.sample(&mut self.rng, rest).map(|m| m.id.clone()));
