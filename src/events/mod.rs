@@ -175,8 +175,12 @@ impl EventLog {
         if let Ok(bytes) = crate::codec::encode(&event) {
             let _ = self.tree.insert(event.seq.to_be_bytes(), bytes);
         }
-        while self.tree.len() > MAX_EVENTS {
-            if self.tree.pop_min().ok().flatten().is_none() {
+        // Seqs are contiguous, so the newest MAX_EVENTS are those from `seq - MAX_EVENTS + 1`.
+        // Trimming by key costs O(log n) per removal; `Tree::len` walks the whole tree, and at
+        // one append per membership change that walk was most of an agent's CPU in a join.
+        let keep_from = (event.seq + 1).saturating_sub(MAX_EVENTS as u64).to_be_bytes();
+        while let Ok(Some((oldest, _))) = self.tree.first() {
+            if oldest.as_ref() >= keep_from.as_slice() || self.tree.remove(oldest).is_err() {
                 break;
             }
         }
@@ -253,6 +257,7 @@ mod tests {
             MAX_EVENTS as u64 + 6,
             "sequence survives restarts"
         );
+        assert_eq!(log.recent(0, usize::MAX).len(), MAX_EVENTS, "still the newest MAX_EVENTS");
     }
 
     #[test]
