@@ -20,7 +20,7 @@ pub use book::{Claim, Conflict, Lookup, NameBook, NameEntry, NameTable, Proof};
 
 use crate::events::{Event, EventKind, EventLog, event_id};
 use crate::identity::{Admission, NodeCertificate, PublicKey};
-use crate::membership::{MemberState, Snapshot};
+use crate::membership::{MemberState, MemberView, Snapshot};
 use crate::replication::item::{ItemKey, RecordKind};
 use crate::replication::records::NodeInfo;
 use crate::replication::{CommitEvent, ReplicationHandle};
@@ -62,11 +62,7 @@ impl RecordClaim {
 /// the name its handshake showed, bound when a certificate admitted it (it is not in our
 /// allowlist and we have a network key); else the name its record claims.
 pub fn claims(admission: &Admission, snapshot: &Snapshot, infos: &HashMap<PublicKey, RecordClaim>) -> Vec<Claim> {
-    let live: HashMap<PublicKey, bool> = snapshot
-        .members
-        .iter()
-        .map(|m| (m.id.key, m.local || m.state != MemberState::Down))
-        .collect();
+    let live: HashMap<PublicKey, bool> = snapshot.members.iter().map(|m| (m.id.key, is_live(m))).collect();
     let handshake: HashMap<PublicKey, &str> = snapshot
         .members
         .iter()
@@ -126,6 +122,11 @@ pub fn claims(admission: &Admission, snapshot: &Snapshot, infos: &HashMap<Public
     out.into_values().collect()
 }
 
+/// Whether a member counts as live for its claim: ourselves, or not declared down.
+fn is_live(m: &MemberView) -> bool {
+    m.local || m.state != MemberState::Down
+}
+
 /// The names state: the claims it has gathered and the book that resolves them. Owned by the
 /// event deriver's task; everyone else reads the published table.
 pub struct Names {
@@ -134,6 +135,11 @@ pub struct Names {
     events: Arc<EventLog>,
     book: NameBook,
     infos: HashMap<PublicKey, RecordClaim>,
+    /// What the claims last read of membership, in snapshot order: per member its key,
+    /// whether it is live and the name its handshake showed. Most membership changes (a
+    /// suspicion, a refuted one, a new incarnation) change none of it, and resolving is
+    /// O(N) with allocations: in a join storm it was a fifth of an agent's CPU.
+    members: Vec<(PublicKey, bool, Option<String>)>,
     tx: watch::Sender<Arc<NameTable>>,
 }
 
@@ -153,6 +159,7 @@ impl Names {
             events,
             book: NameBook::default(),
             infos: HashMap::new(),
+            members: Vec::new(),
             tx,
         };
         names.reload(snapshot);
@@ -164,8 +171,25 @@ impl Names {
         self.tx.borrow().clone()
     }
 
-    /// Membership changed: who is live, and names learned in handshakes.
+    /// Membership changed: who is live, and names learned in handshakes. Resolves only when
+    /// what the claims read of it changed.
     pub fn observe_members(&mut self, snapshot: &Snapshot) {
+        let unchanged = self.members.len() == snapshot.members.len()
+            && self.members.iter().zip(&snapshot.members).all(|((key, live, name), m)| {
+                *key == m.id.key && *live == is_live(m) && name.as_deref() == m.name.as_deref()
+            });
+        if !unchanged {
+            self.resolve(snapshot);
+        }
+    }
+
+    /// Resolves the claims of `snapshot` and the node records, and publishes the table.
+    fn resolve(&mut self, snapshot: &Snapshot) {
+        self.members = snapshot
+            .members
+            .iter()
+            .map(|m| (m.id.key, is_live(m), m.name.clone()))
+            .collect();
         let claims = claims(&self.admission, snapshot, &self.infos);
         let (table, conflicts) = self.book.resolve(&claims);
         self.tx.send_replace(Arc::new(table));
@@ -183,11 +207,18 @@ impl Names {
         else {
             return;
         };
-        match self.replication.record::<NodeInfo>(&node, RecordKind::NodeInfo) {
-            Some(info) => self.infos.insert(node, RecordClaim::new(&self.admission, &node, info)),
-            None => self.infos.remove(&node),
-        };
-        self.observe_members(snapshot);
+        let claim = self
+            .replication
+            .record::<NodeInfo>(&node, RecordKind::NodeInfo)
+            .map(|info| RecordClaim::new(&self.admission, &node, info));
+        // A renewed record usually claims what the last one did: nothing to resolve.
+        if self.infos.get(&node) != claim.as_ref() {
+            match claim {
+                Some(claim) => self.infos.insert(node, claim),
+                None => self.infos.remove(&node),
+            };
+            self.resolve(snapshot);
+        }
     }
 
     /// Reads every node record again (after missing commits) and resolves.
@@ -198,7 +229,7 @@ impl Names {
             .into_iter()
             .map(|(key, info)| (key, RecordClaim::new(&self.admission, &key, info)))
             .collect();
-        self.observe_members(snapshot);
+        self.resolve(snapshot);
     }
 
     fn report(&self, c: &Conflict) {
