@@ -96,8 +96,9 @@ impl From<State> for MemberState {
 pub struct MemberView {
     /// Current identity.
     pub id: NodeId,
-    /// Name from its certificate, once we have talked to it.
-    pub name: Option<String>,
+    /// Name from its certificate, once we have talked to it. Shared, so that the snapshot
+    /// published on every membership change copies no strings.
+    pub name: Option<Arc<str>>,
     /// State.
     pub state: MemberState,
     /// Wall-clock time (Unix ms) of the last state or identity change.
@@ -175,8 +176,8 @@ pub struct Core {
     foca: SwimFoca,
     fx: Effects,
     timers: TimerQueue,
-    names: HashMap<PublicKey, String>,
-    local_name: String,
+    names: HashMap<PublicKey, Arc<str>>,
+    local_name: Arc<str>,
     local_since_ms: u64,
     view: BTreeMap<PublicKey, MemberView>,
     joined: bool,
@@ -271,7 +272,7 @@ impl Core {
             },
             timers: TimerQueue::default(),
             names: HashMap::new(),
-            local_name: name,
+            local_name: name.into(),
             local_since_ms: now.wall_ms,
             view: BTreeMap::new(),
             joined: false,
@@ -443,10 +444,11 @@ impl Core {
 
     /// Records the name a peer's certificate carries.
     pub fn learn_name(&mut self, key: PublicKey, name: &str) {
-        if self.names.get(&key).map(String::as_str) != Some(name) {
-            self.names.insert(key, name.to_string());
+        if self.names.get(&key).map(|n| &**n) != Some(name) {
+            let name: Arc<str> = name.into();
+            self.names.insert(key, name.clone());
             if let Some(m) = self.view.get_mut(&key) {
-                m.name = Some(name.to_string());
+                m.name = Some(name);
                 self.version += 1;
             }
         }

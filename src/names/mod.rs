@@ -139,7 +139,7 @@ pub struct Names {
     /// whether it is live and the name its handshake showed. Most membership changes (a
     /// suspicion, a refuted one, a new incarnation) change none of it, and resolving is
     /// O(N) with allocations: in a join storm it was a fifth of an agent's CPU.
-    members: Vec<(PublicKey, bool, Option<String>)>,
+    members: Vec<(PublicKey, bool, Option<Arc<str>>)>,
     tx: watch::Sender<Arc<NameTable>>,
 }
 
