@@ -257,7 +257,11 @@ mod tests {
             MAX_EVENTS as u64 + 6,
             "sequence survives restarts"
         );
-        assert_eq!(log.recent(0, usize::MAX).len(), MAX_EVENTS, "still the newest MAX_EVENTS");
+        assert_eq!(
+            log.recent(0, usize::MAX).len(),
+            MAX_EVENTS,
+            "still the newest MAX_EVENTS"
+        );
     }
 
     #[test]
