@@ -3,7 +3,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
 use super::{Event, EventKind, EventLog, event_id};
 use crate::health::checks::CheckStatus;
@@ -33,12 +36,19 @@ struct Deriver {
     reports: HashMap<PublicKey, HealthReport>,
     /// Per node, the failed jobs already reported (those still in its schedules record).
     jobs_seen: HashMap<PublicKey, HashSet<u64>>,
-    /// Resolved first on every change, so events carry the names it gives.
+    /// Changes gathered and resolved before an event needs a name, when nothing else waits,
+    /// or after at most [`NAMES_DELAY`] (a burst of changes is resolved once, not per change).
     names: crate::names::Names,
+    /// The member list the names are resolved against.
+    snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
+/// Longest a names change waits to be resolved while commits and membership changes keep
+/// arriving (a join storm): the published table is at most this stale.
+pub const NAMES_DELAY: Duration = Duration::from_millis(250);
+
 /// Least time between two full reloads of the node records after missed commits.
-pub const RELOAD_SPACING: std::time::Duration = std::time::Duration::from_secs(1);
+pub const RELOAD_SPACING: Duration = Duration::from_secs(1);
 
 /// Starts the task that derives events until the agent stops.
 pub fn spawn(
@@ -47,6 +57,8 @@ pub fn spawn(
     replication: ReplicationHandle,
     names: crate::names::Names,
 ) -> tokio::task::JoinHandle<()> {
+    // Start from the current state without events for it.
+    let mut snapshots = membership.subscribe();
     let mut d = Deriver {
         log,
         replication,
@@ -54,12 +66,12 @@ pub fn spawn(
         reports: HashMap::new(),
         jobs_seen: HashMap::new(),
         names,
+        snapshots: snapshots.clone(),
     };
-    // Start from the current state without events for it.
-    let mut snapshots = membership.subscribe();
     let mut commits = d.replication.subscribe();
     let mut refusals = d.replication.subscribe_refusals();
-    d.observe_members(&snapshots.borrow_and_update(), false);
+    let first = snapshots.borrow_and_update().clone();
+    d.observe_members(&first, false);
     d.reports = d.replication.records_of(RecordKind::Health).into_iter().collect();
     for (node, record) in d.replication.records_of::<SchedulesRecord>(RecordKind::Schedules) {
         let failed = record.schedules.iter().flat_map(|s| s.recent.iter());
@@ -76,15 +88,15 @@ pub fn spawn(
                     if changed.is_err() {
                         return;
                     }
-                    // Read in place (no await while borrowed): a copy of the member list per
-                    // change was O(N) per change on every node.
-                    let snapshot = snapshots.borrow_and_update();
+                    // The shared list, not a copy of it (a copy per change was O(N) on every
+                    // node), and not the borrow either: naming an event reads it again.
+                    let snapshot = snapshots.borrow_and_update().clone();
                     d.names.observe_members(&snapshot);
                     d.observe_members(&snapshot, true);
                 }
                 commit = commits.recv() => match commit {
                     Ok(c) => {
-                        d.names.observe_commit(&c, &snapshots.borrow());
+                        d.names.observe_commit(&c);
                         d.observe_commit(&c);
                     }
                     Err(RecvError::Lagged(n)) => {
@@ -97,7 +109,7 @@ pub fn spawn(
                 },
                 _ = reload_tick.tick(), if reload_due => {
                     reload_due = false;
-                    d.names.reload(&snapshots.borrow());
+                    d.names.reload();
                 }
                 refusal = refusals.recv() => match refusal {
                     Ok(r) => d.observe_refusal(&r),
@@ -105,13 +117,27 @@ pub fn spawn(
                     Err(RecvError::Closed) => return,
                 },
             }
+            // Names once nothing else waits, so a burst of changes is resolved once.
+            let idle = commits.is_empty() && refusals.is_empty() && !snapshots.has_changed().unwrap_or(false);
+            if d.names
+                .pending_since()
+                .is_some_and(|t| idle || t.elapsed() >= NAMES_DELAY)
+            {
+                d.resolve_names();
+            }
         }
     })
 }
 
 impl Deriver {
+    fn resolve_names(&mut self) {
+        let snapshot = self.snapshots.borrow().clone();
+        self.names.resolve_pending(&snapshot);
+    }
+
     /// The name `key` holds (none while it claims one another key holds).
     fn name_of(&mut self, key: &PublicKey) -> Option<String> {
+        self.resolve_names();
         self.names.table().name(key).map(str::to_string)
     }
 

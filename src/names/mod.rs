@@ -2,16 +2,17 @@
 //!
 //! The resolution itself is pure ([`book`]); [`Names`] gathers the claims (the allowlist's
 //! bound names, each node's signed node record with the certificate it carries, the names
-//! learned in TLS handshakes, who is live), resolves them whenever membership or a node record
-//! changes, publishes the table on a `watch` channel, and logs and records each new conflict
-//! once. The event deriver's task drives it, before it derives events from the same change,
-//! so an event about a node carries the name that change gave it.
+//! learned in TLS handshakes, who is live), resolves them after membership or a node record
+//! changed, publishes the table on a `watch` channel, and logs and records each new conflict
+//! once. The event deriver's task drives it: a burst of changes is resolved once, and always
+//! before an event is named, so an event about a node carries the name its change gave it.
 
 pub mod book;
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::watch;
 use tracing::warn;
@@ -140,6 +141,10 @@ pub struct Names {
     /// suspicion, a refuted one, a new incarnation) change none of it, and resolving is
     /// O(N) with allocations: in a join storm it was a fifth of an agent's CPU.
     members: Vec<(PublicKey, bool, Option<Arc<str>>)>,
+    /// Since when a change waits to be resolved: changes are gathered and resolved once
+    /// (see [`Names::resolve_pending`]), since in a join every node record and membership
+    /// change arrives on its own and resolving each is O(N).
+    pending_since: Option<Instant>,
     tx: watch::Sender<Arc<NameTable>>,
 }
 
@@ -160,9 +165,11 @@ impl Names {
             book: NameBook::default(),
             infos: HashMap::new(),
             members: Vec::new(),
+            pending_since: None,
             tx,
         };
-        names.reload(snapshot);
+        names.reload();
+        names.resolve_pending(snapshot);
         (names, rx)
     }
 
@@ -171,20 +178,40 @@ impl Names {
         self.tx.borrow().clone()
     }
 
-    /// Membership changed: who is live, and names learned in handshakes. Resolves only when
-    /// what the claims read of it changed.
+    /// Since when a change has waited to be resolved, if one has.
+    pub fn pending_since(&self) -> Option<Instant> {
+        self.pending_since
+    }
+
+    fn mark_pending(&mut self) {
+        self.pending_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Membership changed: who is live, and names learned in handshakes. A resolution is due
+    /// only when what the claims read of it changed.
     pub fn observe_members(&mut self, snapshot: &Snapshot) {
+        if self.pending_since.is_some() {
+            return;
+        }
         let unchanged = self.members.len() == snapshot.members.len()
-            && self.members.iter().zip(&snapshot.members).all(|((key, live, name), m)| {
-                *key == m.id.key && *live == is_live(m) && name.as_deref() == m.name.as_deref()
-            });
+            && self
+                .members
+                .iter()
+                .zip(&snapshot.members)
+                .all(|((key, live, name), m)| {
+                    *key == m.id.key && *live == is_live(m) && name.as_deref() == m.name.as_deref()
+                });
         if !unchanged {
-            self.resolve(snapshot);
+            self.mark_pending();
         }
     }
 
-    /// Resolves the claims of `snapshot` and the node records, and publishes the table.
-    fn resolve(&mut self, snapshot: &Snapshot) {
+    /// Resolves the claims of `snapshot` and the node records and publishes the table, if a
+    /// change waits for it.
+    pub fn resolve_pending(&mut self, snapshot: &Snapshot) {
+        if self.pending_since.take().is_none() {
+            return;
+        }
         self.members = snapshot
             .members
             .iter()
@@ -199,7 +226,7 @@ impl Names {
     }
 
     /// An item was committed: a node record changes the claims.
-    pub fn observe_commit(&mut self, c: &CommitEvent, snapshot: &Snapshot) {
+    pub fn observe_commit(&mut self, c: &CommitEvent) {
         let ItemKey::Node {
             node,
             kind: RecordKind::NodeInfo,
@@ -217,19 +244,19 @@ impl Names {
                 Some(claim) => self.infos.insert(node, claim),
                 None => self.infos.remove(&node),
             };
-            self.resolve(snapshot);
+            self.mark_pending();
         }
     }
 
-    /// Reads every node record again (after missing commits) and resolves.
-    pub fn reload(&mut self, snapshot: &Snapshot) {
+    /// Reads every node record again (after missing commits); a resolution is then due.
+    pub fn reload(&mut self) {
         self.infos = self
             .replication
             .records_of::<NodeInfo>(RecordKind::NodeInfo)
             .into_iter()
             .map(|(key, info)| (key, RecordClaim::new(&self.admission, &key, info)))
             .collect();
-        self.resolve(snapshot);
+        self.mark_pending();
     }
 
     fn report(&self, c: &Conflict) {
