@@ -274,3 +274,30 @@ async fn a_busy_connection_is_cut_when_the_peer_certificate_expires() {
     })
     .await;
 }
+
+/// What one connection costs on the wire, both ways. A SWIM contact with a member that has no
+/// open connection pays a whole handshake, and once members are contacted less often than
+/// `idle_timeout` that is most of a node's idle traffic (BENCHMARKS.md, "What kept 200 agents
+/// from settling"). The bound catches a handshake that grows (a bigger certificate, a new
+/// extension, path-MTU probing back to quinn's binary search, about 15 KB in all); it is not
+/// a timing figure. Measured: about 7 KB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_costs_a_bounded_handshake() {
+    const BOUND: u64 = 10 * 1024;
+    let (ka, kb) = (SecretKey::generate(), SecretKey::generate());
+    let idle = Duration::from_secs(30);
+    let (a, _a_in) = transport(&ka, &[&kb], idle);
+    let (b, mut b_in) = transport(&kb, &[&ka], idle);
+    a.send(target(&kb, b.local_addr()), Channel::Swim, b"one datagram");
+    let mut arrived = false;
+    eventually(Duration::from_secs(10), "the datagram arrived", || {
+        arrived |= b_in.try_recv().is_ok();
+        arrived
+    })
+    .await;
+    // Whatever follows the handshake (acknowledgements, path MTU probes) goes out in this time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ((a_tx, a_rx), (b_tx, b_rx)) = (a.udp_bytes(), b.udp_bytes());
+    println!("dialler sent {a_tx} B, received {a_rx} B; listener sent {b_tx} B, received {b_rx} B");
+    assert!(a_tx + b_tx <= BOUND, "one connection cost {} bytes", a_tx + b_tx);
+}

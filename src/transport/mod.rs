@@ -58,6 +58,26 @@ pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 /// On graceful close, how long to let the endpoint transmit its CONNECTION_CLOSE frames.
 /// (Waiting for peers to acknowledge would take three probe timeouts; nothing needs that.)
 pub const CLOSE_IDLE_TIMEOUT: Duration = Duration::from_millis(200);
+/// The packet size QUIC starts every connection at (quinn's `initial_mtu`, the size every
+/// IPv4 and IPv6 path must carry).
+pub const INITIAL_MTU: u16 = 1200;
+/// The larger packet size a connection probes for once, after its handshake: a whole
+/// Ethernet frame. quinn's default binary search from [`INITIAL_MTU`] sends about four probes
+/// each way, 11 KB of a connection's 15 KB on loopback, and SWIM contacts members often
+/// enough without a connection that at 200 agents this was most of the idle traffic. One
+/// probe each way keeps full-size packets for file bodies on a LAN; a path that cannot carry
+/// it (a tunnel) stays at [`INITIAL_MTU`].
+pub const MTU_PROBE: u16 = 1452;
+
+/// One path-MTU probe per direction, to [`MTU_PROBE`] (see there).
+fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
+    let mut config = quinn::MtuDiscoveryConfig::default();
+    // With the minimum change as wide as the whole range, the search probes the upper bound
+    // and stops, whether that probe is answered or lost.
+    config.upper_bound(MTU_PROBE).minimum_change(MTU_PROBE - INITIAL_MTU);
+    config
+}
+
 /// quinn reports a connection's datagram send buffer as this much short of its size even when
 /// nothing is queued (per-datagram bookkeeping); any queued datagram takes more.
 const DATAGRAM_BUFFER_SLACK: usize = 64;
@@ -273,7 +293,9 @@ impl Transport {
         .max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into())
         .max_concurrent_uni_streams(0u32.into())
         .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
-        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
+        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
+        .initial_mtu(INITIAL_MTU)
+        .mtu_discovery_config(Some(mtu_discovery()));
         let transport_config = Arc::new(tc);
 
         let server = server_config(&tls, &transport_config)?;
