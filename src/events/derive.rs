@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
