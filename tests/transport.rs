@@ -2,64 +2,21 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use common::raw::*;
 use common::*;
 use foca::Codec;
 use shoal::identity::{Admission, NodeCertificate, SecretKey, unix_now};
 use shoal::membership::{FocaCodec, NodeId};
-use shoal::transport::{Channel, Claims, Inbound, Target, Transport, TransportConfig};
+use shoal::transport::{Channel, Inbound, Transport};
 use tokio::sync::mpsc;
 
-/// A transport on a loopback port that admits the nodes `trusted` lists.
-fn transport(
-    secret: &SecretKey,
-    trusted: &[&SecretKey],
-    idle: Duration,
-) -> (Transport, mpsc::Receiver<(Channel, Inbound)>) {
-    let admission = Admission::new(None, trusted.iter().map(|k| k.public()));
-    bind(secret, None, admission, idle)
-}
-
-/// A transport on a loopback port presenting `network_cert`, admitting by `admission`.
-fn bind(
-    secret: &SecretKey,
-    network_cert: Option<&NodeCertificate>,
-    admission: Admission,
-    idle: Duration,
-) -> (Transport, mpsc::Receiver<(Channel, Inbound)>) {
-    let (tx, rx) = mpsc::channel(1024);
-    let t = Transport::bind(
-        &TransportConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            idle_timeout: idle,
-            max_connections: 16,
-        },
-        secret,
-        &Claims {
-            name: "raw".into(),
-            generation: 1,
-            network_cert: network_cert.map(NodeCertificate::to_bytes),
-        },
-        Arc::new(admission),
-        tx,
-    )
-    .unwrap();
-    (t, rx)
-}
-
-fn target(key: &SecretKey, addr: SocketAddr) -> Target {
-    Target {
-        key: key.public(),
-        addr,
-        generation: 1,
-    }
-}
-
+/// Both sides dial at once: each keeps both session keys, membership datagrams go sealed once
+/// the keys settle, and both connections idle out with no redial while datagrams still flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simultaneous_dials_settle_on_one_connection() {
+async fn simultaneous_dials_settle_on_sealed_datagrams_and_no_connection() {
     let (ka, kb) = (SecretKey::generate(), SecretKey::generate());
     let idle = Duration::from_secs(1);
     let (a, mut a_in) = transport(&ka, &[&kb], idle);
@@ -70,43 +27,41 @@ async fn simultaneous_dials_settle_on_one_connection() {
     );
     ra.unwrap();
     rb.unwrap();
-    eventually(
-        Duration::from_secs(5),
-        "both dials produced a connection on each side",
-        || a.connection_count() == 2 && b.connection_count() == 2,
-    )
-    .await;
 
-    // Keep both directions busy; the connection nobody sends on must idle out.
     let (ta, tb) = (target(&kb, b.local_addr()), target(&ka, a.local_addr()));
     let started = tokio::time::Instant::now();
     let deadline = started + Duration::from_secs(10);
     let mut received = (0, 0);
+    let mut after_close = (0, 0);
     loop {
         a.send(ta, Channel::Swim, b"from a");
         b.send(tb, Channel::Swim, b"from b");
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let closed = a.connection_count() == 0 && b.connection_count() == 0;
         while b_in.try_recv().is_ok() {
             received.0 += 1;
+            after_close.0 += usize::from(closed);
         }
         while a_in.try_recv().is_ok() {
             received.1 += 1;
+            after_close.1 += usize::from(closed);
         }
-        // Two seconds of traffic at least, so "one connection" is not just "nothing sent yet".
-        if a.connection_count() == 1 && b.connection_count() == 1 && started.elapsed() > Duration::from_secs(2) {
+        if after_close.0 > 10 && after_close.1 > 10 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "still {} and {} connections",
+            "still {} and {} connections, {received:?} received, {after_close:?} without a connection",
             a.connection_count(),
             b.connection_count()
         );
     }
-    assert!(
-        received.0 > 10 && received.1 > 10,
-        "datagrams flowed both ways: {received:?}"
-    );
+    for t in [&a, &b] {
+        let stats = t.stats();
+        assert_eq!(stats.connections_opened.load(Relaxed), 2, "no redial");
+        assert!(stats.datagrams_sealed.load(Relaxed) > 10);
+        assert_eq!(stats.sealed_refused.load(Relaxed), 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

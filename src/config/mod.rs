@@ -220,7 +220,10 @@ pub struct ClusterConfig {
     /// An idle QUIC connection is closed after this long. Default 90s.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Most QUIC connections held at once, both directions. Default 1024.
+    /// Most QUIC connections held at once, both directions. Membership needs none once a
+    /// handshake has given a session key (sealed datagrams), so at the limit the oldest
+    /// connection to such a peer is closed to make room; a stream on it fails and is retried.
+    /// Default 256 (each costs about 43 KB).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
 }
@@ -269,7 +272,7 @@ fn default_idle_timeout() -> Duration {
     Duration::from_secs(90)
 }
 fn default_max_connections() -> usize {
-    1024
+    256
 }
 
 /// `[network]` section: admission by network certificate, by allowlist, or both.

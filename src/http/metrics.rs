@@ -259,6 +259,18 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse 
         t.datagrams_malformed.load(Relaxed),
     );
     e.single(
+        "shoal_datagrams_sealed_total",
+        "counter",
+        "Datagrams sent sealed under a session key, without a connection.",
+        t.datagrams_sealed.load(Relaxed),
+    );
+    e.single(
+        "shoal_sealed_refused_total",
+        "counter",
+        "Sealed datagrams refused: unknown key, replayed, forged, malformed, or from a peer whose certificate expired.",
+        t.sealed_refused.load(Relaxed),
+    );
+    e.single(
         "shoal_connections_opened_total",
         "counter",
         "QUIC connections established.",

@@ -281,6 +281,8 @@ impl Actor {
                     }
                 };
             }
+            // The transport routes these to replication; never sent here.
+            Channel::SyncProbe => {}
         }
     }
 

@@ -170,6 +170,14 @@ pub fn spawn(
         tx: tx.clone(),
         transport: transport.clone(),
     };
+    let (probes_tx, probes_rx) = mpsc::channel(super::probe::PROBE_INBOX_CAPACITY);
+    transport.set_probe_inbox(probes_tx);
+    shared.spawn(super::probe::serve(
+        shared.clone(),
+        transport.clone(),
+        membership.clone(),
+        probes_rx,
+    ));
     let actor = Actor {
         shared,
         rx,

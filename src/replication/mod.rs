@@ -16,6 +16,7 @@ pub mod index;
 pub mod item;
 pub mod member_up;
 pub mod policy;
+pub mod probe;
 pub mod protocol;
 pub mod reconcile;
 pub mod records;
@@ -246,6 +247,8 @@ pub(crate) struct Shared {
     pub refusals: Mutex<refused::Refusals>,
     /// Peers starting to offer refused items (for the event log).
     pub refusal_notices: tokio::sync::broadcast::Sender<PeerRefusal>,
+    /// In-sync probes this node asked, waiting for their answer.
+    pub(crate) probes: probe::Pending,
 }
 
 impl Shared {
@@ -513,6 +516,7 @@ pub fn channel(store: Store, policy: Policy) -> (ReplicationHandle, ActorParts) 
         served_syncs: AtomicUsize::new(0),
         refusals: Mutex::new(refused::Refusals::default()),
         refusal_notices: tokio::sync::broadcast::channel(REFUSAL_NOTICES_CAPACITY).0,
+        probes: probe::Pending::default(),
     });
     (
         ReplicationHandle {

@@ -70,8 +70,18 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    /// Reconciles with `peer` as the initiator.
+    /// Reconciles with `peer` as the initiator: a probe datagram first (`probe`), and a
+    /// stream session unless the peer answered that both sides are in sync.
     pub(crate) async fn reconcile(&self, peer: PublicKey, target: Option<Target>) -> Result<Report, FetchError> {
+        if let Some(target) = target
+            && super::probe::ask(&self.shared, &self.transport, peer, target).await == Some(true)
+        {
+            self.shared.stats.sync_sessions.fetch_add(1, Ordering::Release);
+            return Ok(Report {
+                in_sync: true,
+                ..Report::default()
+            });
+        }
         let (mut send, mut recv) = self.transport.open_bi(peer, target).await?;
         let overlay = self.shared.refusals().overlay(&peer);
         let opening = Turn {

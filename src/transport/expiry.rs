@@ -8,10 +8,17 @@
 //! logged and counted like a handshake refusal, and membership is told ([`Expired`]) so the
 //! member is declared down at once instead of after a failed probe and a suspicion.
 //!
+//! Sealed datagrams (`sealed`) outlive connections, so the session keys of peers admitted by
+//! certificate carry its `not_after` too: a datagram under such a key is refused once it has
+//! passed, and a sweep every [`KEY_EXPIRY_SWEEP`] drops those keys and tells membership, as a
+//! cut connection does.
+//!
 //! Renewal: [`Transport::renew_certificate`] presents a new network certificate on every
-//! handshake from then on and closes the open connections ([`CLOSE_CERT_RENEWED`]), redialling
-//! them at once, so peers see the new certificate (and its `not_after`) within a round trip.
+//! handshake from then on, closes the open connections ([`CLOSE_CERT_RENEWED`]) and dials at
+//! once every peer it had a connection or a session key with, so peers see the new certificate
+//! (and its `not_after`) within a round trip.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -35,6 +42,8 @@ pub const EXPIRY_RECHECK: Duration = Duration::from_secs(300);
 /// member is then declared down by probes failing instead (its connections are closed and
 /// every handshake refuses it).
 pub const EXPIRED_CAPACITY: usize = 64;
+/// How often session keys are checked for their peer's certificate having expired.
+pub const KEY_EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 /// A peer whose certificate expired while connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,21 +80,40 @@ impl Transport {
         warn!(peer_key = %info.key, name = %info.name, reason = %refusal, "refused peer: its certificate expired while connected");
     }
 
-    /// After a connection was cut for expiry (and left the pool): tells membership, unless a
-    /// connection to the same run with a certificate still valid is open (the peer renewed).
-    pub(super) fn report_expired(&self, info: &tls::PeerInfo, not_after: u64) {
+    /// Drops the session keys of peers whose certificate expired, every [`KEY_EXPIRY_SWEEP`],
+    /// and tells membership as for a cut connection.
+    pub(super) async fn sweep_expired_keys(self) {
+        let mut tick = tokio::time::interval(KEY_EXPIRY_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let expired = self.sealer().take_expired(crate::time::unix_ms());
+            for peer in expired {
+                let not_after = peer.not_after.unwrap_or_default();
+                self.inner.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                let refusal = Refusal::Expired { not_after };
+                warn!(peer_key = %peer.key, name = %peer.name, reason = %refusal, "refused peer: its certificate expired");
+                self.report_expired(peer.key, peer.generation, not_after);
+            }
+        }
+    }
+
+    /// After a peer's connection was cut or its keys dropped for expiry: tells membership,
+    /// unless a connection to the same run with a certificate still valid is open (the peer
+    /// renewed).
+    pub(super) fn report_expired(&self, key: PublicKey, generation: u64, not_after: u64) {
         let now_ms = crate::time::unix_ms();
-        let renewed = self.lock().conns.get(&info.key).is_some_and(|pc| {
+        let renewed = self.lock().conns.get(&key).is_some_and(|pc| {
             pc.conn.close_reason().is_none()
-                && pc.info.generation >= info.generation
+                && pc.info.generation >= generation
                 && pc.info.not_after.is_none_or(|t| !is_expired(t, now_ms))
         });
         if renewed {
             return;
         }
         let notice = Expired {
-            key: info.key,
-            generation: info.generation,
+            key,
+            generation,
             not_after,
         };
         if self.inner.expired.try_send(notice).is_err() {
@@ -126,35 +154,62 @@ impl Transport {
         self.inner.endpoint.set_server_config(Some(server));
         *self.inner.claims.lock().unwrap_or_else(|e| e.into_inner()) = claims;
 
-        let (peers, others) = {
+        // Everyone holding our old certificate's end: peers with a session key, and peers with
+        // a connection (the connection's address wins: it is the one in use).
+        let mut targets: HashMap<PublicKey, Target> = self
+            .sealer()
+            .peers()
+            .into_iter()
+            .map(|p| {
+                let target = Target {
+                    key: p.key,
+                    addr: p.addr,
+                    generation: p.generation,
+                };
+                (p.key, target)
+            })
+            .collect();
+        let others: Vec<quinn::Connection> = {
             let pool = self.lock();
-            let peers: Vec<(quinn::Connection, Target)> = pool
-                .conns
-                .values()
-                .map(|pc| {
-                    let target = Target {
-                        key: pc.info.key,
-                        addr: pc.conn.remote_address(),
-                        generation: pc.info.generation,
-                    };
-                    (pc.conn.clone(), target)
-                })
-                .collect();
-            let others: Vec<quinn::Connection> = pool.live.values().cloned().collect();
-            (peers, others)
+            for pc in pool.conns.values() {
+                let target = Target {
+                    key: pc.info.key,
+                    addr: pc.conn.remote_address(),
+                    generation: pc.info.generation,
+                };
+                targets.insert(pc.info.key, target);
+            }
+            pool.live.values().map(|(c, _)| c.clone()).collect()
         };
         for conn in &others {
             conn.close(CLOSE_CERT_RENEWED.into(), CERT_RENEWED_REASON);
         }
-        for (conn, target) in &peers {
-            conn.close(CLOSE_CERT_RENEWED.into(), CERT_RENEWED_REASON);
-            self.warm(*target);
-        }
+        let peers = targets.len();
+        self.redial(targets.into_values().collect());
         info!(
             connections = others.len(),
-            "presenting the renewed certificate; open connections closed and redialled"
+            peers, "presenting the renewed certificate; open connections closed, peers redialled"
         );
         Ok(others.len())
+    }
+
+    /// Dials every target in the background, as many at once as dial slots allow.
+    fn redial(&self, targets: Vec<Target>) {
+        let this = self.clone();
+        self.spawn(async move {
+            for target in targets {
+                let Ok(permit) = this.inner.dial_permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let dialer = this.clone();
+                this.spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = dialer.connect(target.addr, Some(target.key)).await {
+                        tracing::debug!(peer = %target.key.short(), error = %e, "redial after renewal failed");
+                    }
+                });
+            }
+        });
     }
 }
 

@@ -10,6 +10,8 @@ pub enum Channel {
     Swim = 1,
     /// SWIM membership with compact headers (`membership::compact`): what agents send.
     SwimCompact = 2,
+    /// Anti-entropy in-sync probes (`replication::probe`), for replication.
+    SyncProbe = 3,
 }
 
 impl Channel {
@@ -17,6 +19,7 @@ impl Channel {
         match b {
             1 => Some(Channel::Swim),
             2 => Some(Channel::SwimCompact),
+            3 => Some(Channel::SyncProbe),
             _ => None,
         }
     }

@@ -1,15 +1,19 @@
 //! QUIC transport: one quinn endpoint per agent, mutual TLS bound to node keys, a cache of
-//! connections per peer key, and unreliable datagrams for membership.
+//! connections per peer key, and unreliable datagrams for membership: sealed under the
+//! session key of an earlier handshake when there is one (`sealed`), so that contacting a
+//! member costs no connection, else over a connection.
 //!
 //! Sending never blocks: [`Transport::send`] uses a cached connection or starts a bounded
 //! background dial and queues a few datagrams for it. Received datagrams go to the membership
 //! task through a bounded channel with `try_send`; when it is full they are dropped and
 //! counted, as a lossy network would, so a slow consumer never stalls a connection task.
 
+mod demux;
 pub mod expiry;
 mod frame;
 mod reach;
 mod reader;
+pub mod sealed;
 mod socket;
 pub mod tls;
 
@@ -182,6 +186,12 @@ pub struct Stats {
     pub datagram_bytes_sent: AtomicU64,
     /// Datagrams received from admitted peers.
     pub datagrams_received: AtomicU64,
+    /// Of the datagrams sent, those sealed (`sealed`) rather than sent on a connection.
+    pub datagrams_sealed: AtomicU64,
+    /// UDP bytes of sealed datagrams and unknown-key replies, (sent, received).
+    pub sealed_udp_bytes: (AtomicU64, AtomicU64),
+    /// Sealed datagrams refused: unknown key, replayed, forged, malformed or expired.
+    pub sealed_refused: AtomicU64,
     /// Bytes of those datagrams.
     pub datagram_bytes_received: AtomicU64,
     /// Datagrams dropped: no connection and no dial possible, queue full, or too large.
@@ -219,8 +229,11 @@ struct PeerConn {
 struct Pool {
     /// The connection used to reach each peer.
     conns: HashMap<PublicKey, PeerConn>,
-    /// Every open connection (duplicates included), by quinn's stable id.
-    live: HashMap<usize, quinn::Connection>,
+    /// Every open connection (duplicates included), by quinn's stable id, with the order it
+    /// was registered in (the oldest is closed first at the connection limit).
+    live: HashMap<usize, (quinn::Connection, u64)>,
+    /// Connections registered so far.
+    registered: u64,
     /// Datagrams waiting for a dial to finish, by peer.
     dialing: HashMap<PublicKey, Vec<Bytes>>,
     /// UDP bytes (sent, received) of connections that have closed.
@@ -231,6 +244,10 @@ struct Pool {
 
 struct Inner {
     endpoint: quinn::Endpoint,
+    /// The cluster socket itself, for sealed datagrams (quinn sends through a wrapper of it).
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    /// Session keys of peers, for sealed datagrams.
+    sealer: Arc<Mutex<sealed::Sealer>>,
     tls: tls::TlsConfigs,
     /// Our key, to build a new TLS certificate when the network certificate is renewed.
     secret: SecretKey,
@@ -251,8 +268,8 @@ struct Inner {
     /// Cleared when the transport stops: the handler usually holds a `Transport` itself, and
     /// keeping it would make a reference cycle that never frees the endpoint or the store.
     stream_handler: RwLock<Option<Arc<dyn StreamHandler>>>,
-    blocked: RwLock<HashSet<PublicKey>>,
-    inbound: mpsc::Sender<(Channel, Inbound)>,
+    blocked: Arc<RwLock<HashSet<PublicKey>>>,
+    inboxes: Arc<Inboxes>,
     stats: Arc<Stats>,
     cancel: CancellationToken,
     /// Every task the transport spawns, so that closing can wait for all of them.
@@ -304,17 +321,37 @@ impl Transport {
         // still holding a connection to the previous run get a reset instead of silence.
         let reset_seed = blake3::derive_key("shoal v1 quic stateless reset key", &secret.seed());
         let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_seed);
-        let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        // Every QUIC packet to us then has its fixed bit set, and the socket can tell sealed
+        // datagrams (bit clear) from QUIC by their first byte.
+        endpoint_config.grease_quic_bit(false);
 
-        let socket = socket::bind(config.listen).map_err(|source| TransportError::Bind {
+        let bind_error = |source| TransportError::Bind {
             addr: config.listen,
             source,
-        })?;
-        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
-            .map_err(|source| TransportError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        };
+        let socket = socket::bind(config.listen).map_err(bind_error)?;
+        let socket = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket).map_err(bind_error)?;
+        let sealer = Arc::new(Mutex::new(sealed::Sealer::default()));
+        let blocked = Arc::new(RwLock::new(HashSet::new()));
+        let inboxes = Arc::new(Inboxes {
+            membership: inbound,
+            probes: std::sync::OnceLock::new(),
+        });
+        let sink = Arc::new(SealedReceiver {
+            sealer: sealer.clone(),
+            blocked: blocked.clone(),
+            inboxes: inboxes.clone(),
+            stats: stats.clone(),
+        });
+        let demux = Arc::new(demux::Demux::new(socket.clone(), sink));
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(server),
+            demux,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind {
             addr: config.listen,
             source,
@@ -323,6 +360,8 @@ impl Transport {
         let (expired, expired_rx) = mpsc::channel(expiry::EXPIRED_CAPACITY);
         let inner = Arc::new(Inner {
             endpoint,
+            socket,
+            sealer,
             tls,
             secret: secret.clone(),
             claims: Mutex::new(claims.clone()),
@@ -337,14 +376,15 @@ impl Transport {
             dial_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_DIALS)),
             stream_permits: Arc::new(Semaphore::new(MAX_INCOMING_STREAMS)),
             stream_handler: RwLock::new(None),
-            blocked: RwLock::new(HashSet::new()),
-            inbound,
+            blocked,
+            inboxes,
             stats,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
         let transport = Transport { inner };
         transport.spawn(transport.clone().accept_loop());
+        transport.spawn(transport.clone().sweep_expired_keys());
         Ok(transport)
     }
 
@@ -372,21 +412,30 @@ impl Transport {
 
     /// UDP bytes (sent, received) over all connections since start, QUIC overhead included.
     pub fn udp_bytes(&self) -> (u64, u64) {
+        let sealed = &self.inner.stats.sealed_udp_bytes;
+        let sealed = (sealed.0.load(Ordering::Relaxed), sealed.1.load(Ordering::Relaxed));
         let pool = self.lock();
-        pool.live.values().fold(pool.closed_udp, |(tx, rx), c| {
+        let closed = (pool.closed_udp.0 + sealed.0, pool.closed_udp.1 + sealed.1);
+        pool.live.values().fold(closed, |(tx, rx), (c, _)| {
             let s = c.stats();
             (tx + s.udp_tx.bytes, rx + s.udp_rx.bytes)
         })
     }
 
-    /// Round-trip time of the open connection to each peer (QUIC's own estimate).
+    /// Round-trip time to each peer, QUIC's own estimate: of the open connection, else of the
+    /// last one to a peer reached by sealed datagrams since.
     pub fn links(&self) -> Vec<(PublicKey, Duration)> {
-        self.lock()
-            .conns
-            .iter()
-            .filter(|(_, pc)| pc.conn.close_reason().is_none())
-            .map(|(k, pc)| (*k, pc.conn.rtt()))
-            .collect()
+        let mut links: HashMap<PublicKey, Duration> = self.sealer().links().collect();
+        for (k, pc) in &self.lock().conns {
+            if pc.conn.close_reason().is_none() {
+                links.insert(*k, pc.conn.rtt());
+            }
+        }
+        links.into_iter().collect()
+    }
+
+    fn sealer(&self) -> std::sync::MutexGuard<'_, sealed::Sealer> {
+        self.inner.sealer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Peers whose last dial failed (or whose traffic is blocked) with no connection since,
@@ -415,6 +464,11 @@ impl Transport {
                 _ = fut => {}
             }
         });
+    }
+
+    /// Where datagrams on [`Channel::SyncProbe`] go (replication); until set, they are dropped.
+    pub fn set_probe_inbox(&self, probes: mpsc::Sender<Inbound>) {
+        let _ = self.inner.inboxes.probes.set(probes);
     }
 
     /// Installs the handler for incoming streams. Streams that arrive before it is installed
@@ -482,6 +536,9 @@ impl Transport {
             return;
         }
         let frame = frame::encode(channel, payload);
+        if self.send_sealed(to, &frame) {
+            return;
+        }
         let mut pool = self.lock();
         if let Some(pc) = pool.conns.get(&to.key) {
             let stale = pc.info.generation < to.generation || pc.conn.close_reason().is_some();
@@ -519,10 +576,39 @@ impl Transport {
         }
     }
 
-    /// Opens a connection to `to` in the background unless one is cached or being dialled,
-    /// so that the first datagram for a new member does not wait for a handshake.
+    /// Sends `frame` to `to` sealed, if a session key for that run of it is held; false if
+    /// not (the caller then uses or dials a connection).
+    fn send_sealed(&self, to: Target, frame: &[u8]) -> bool {
+        let Some(datagram) = self
+            .sealer()
+            .seal(&to.key, to.generation, frame, crate::time::unix_ms())
+        else {
+            return false;
+        };
+        let stats = &self.inner.stats;
+        if demux::Demux::send_to(&*self.inner.socket, to.addr, &datagram) {
+            // As for a datagram on a live connection: the link works (again, after a block).
+            self.lock().unreachable.reached(&to.key);
+            stats.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+            stats.datagrams_sealed.fetch_add(1, Ordering::Relaxed);
+            stats
+                .datagram_bytes_sent
+                .fetch_add(frame.len() as u64, Ordering::Relaxed);
+            stats
+                .sealed_udp_bytes
+                .0
+                .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        } else {
+            stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Opens a connection to `to` in the background unless a session key for it is held or a
+    /// connection is cached or being dialled, so that the first datagram for a new member does
+    /// not wait for a handshake.
     pub fn warm(&self, to: Target) {
-        if self.is_blocked(&to.key) {
+        if self.is_blocked(&to.key) || self.sealer().has_key(&to.key, to.generation) {
             return;
         }
         let pool = self.lock();
@@ -595,9 +681,8 @@ impl Transport {
         if addr == self.inner.local_addr {
             return Err(TransportError::SelfConnection(addr));
         }
-        let max = self.inner.max_connections;
-        if self.connection_count() >= max {
-            return Err(TransportError::TooManyConnections(max));
+        if !self.make_room() {
+            return Err(TransportError::TooManyConnections(self.inner.max_connections));
         }
         let mut client = quinn::ClientConfig::new(Arc::new(self.inner.tls.client(expected)?));
         client.transport_config(self.inner.transport_config.clone());
@@ -613,6 +698,42 @@ impl Transport {
         self.register(conn, addr, true)
     }
 
+    /// Below the connection limit, true. At it, closes the oldest connection to a peer that
+    /// sealed datagrams still reach (membership loses nothing; a stream on it fails and is
+    /// retried by its owner) and returns true; false if there is none.
+    fn make_room(&self) -> bool {
+        let max = self.inner.max_connections;
+        let pool = self.lock();
+        if pool.live.len() < max {
+            return true;
+        }
+        let sealer = self.sealer();
+        let keyed: HashSet<usize> = pool
+            .conns
+            .iter()
+            .filter(|(k, pc)| sealer.has_key(k, pc.info.generation))
+            .map(|(_, pc)| pc.conn.stable_id())
+            .collect();
+        drop(sealer);
+        // A duplicate (not the cached connection of its peer) carries nothing: it goes first.
+        let cached: HashSet<usize> = pool.conns.values().map(|pc| pc.conn.stable_id()).collect();
+        let oldest = pool
+            .live
+            .iter()
+            .filter(|(id, (c, _))| c.close_reason().is_none() && (keyed.contains(id) || !cached.contains(id)))
+            .min_by_key(|(id, (_, seq))| (cached.contains(id), *seq))
+            .map(|(_, (c, _))| c.clone());
+        drop(pool);
+        match oldest {
+            Some(conn) => {
+                debug!(limit = max, "connection limit reached; closing the oldest");
+                conn.close(0u32.into(), b"limit");
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Admits a freshly handshaken connection into the pool and starts its reader. `dialled`
     /// says whether we initiated it.
     fn register(&self, conn: quinn::Connection, addr: SocketAddr, dialled: bool) -> Result<PeerInfo, TransportError> {
@@ -625,13 +746,16 @@ impl Transport {
             return Err(TransportError::SelfConnection(addr));
         }
         self.inner.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        self.keep_session_key(&conn, &info, dialled);
         // When both sides dial at once there are two connections to the same run of the peer.
         // Both sides keep sending on the one initiated by the lower key, so the other carries
         // nothing and idles out instead of doubling the traffic.
         let canonical = (self.inner.local_key < info.key) == dialled;
         let superseded = {
             let mut pool = self.lock();
-            pool.live.insert(conn.stable_id(), conn.clone());
+            pool.registered += 1;
+            let seq = pool.registered;
+            pool.live.insert(conn.stable_id(), (conn.clone(), seq));
             pool.unreachable.reached(&info.key);
             let keep_existing = pool.conns.get(&info.key).is_some_and(|old| {
                 old.info.generation == info.generation
@@ -661,6 +785,33 @@ impl Transport {
         Ok(info)
     }
 
+    /// Keeps the session key of a handshake with a peer that takes sealed datagrams.
+    fn keep_session_key(&self, conn: &quinn::Connection, info: &PeerInfo, dialled: bool) {
+        let sealed = conn
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .is_some_and(|d| d.protocol.as_deref() == Some(tls::ALPN_SEALED));
+        if !sealed {
+            return;
+        }
+        let mut material = [0u8; sealed::EXPORT_LEN];
+        if conn
+            .export_keying_material(&mut material, sealed::EXPORT_LABEL, &[])
+            .is_err()
+        {
+            return;
+        }
+        let peer = sealed::SealPeer {
+            key: info.key,
+            addr: conn.remote_address(),
+            name: Arc::from(info.name.as_str()),
+            generation: info.generation,
+            not_after: info.not_after,
+        };
+        self.sealer()
+            .insert(peer, &material, dialled, conn.rtt(), crate::time::unix_ms());
+    }
+
     async fn accept_loop(self) {
         loop {
             let incoming = tokio::select! {
@@ -670,7 +821,7 @@ impl Transport {
                     None => return,
                 },
             };
-            if self.connection_count() >= self.inner.max_connections {
+            if !self.make_room() {
                 debug!(remote = %incoming.remote_address(), "connection limit reached, refusing");
                 incoming.refuse();
                 continue;
@@ -729,6 +880,89 @@ impl Transport {
     /// Completes once every transport task has ended (after `close` or `abort`).
     pub async fn stopped(&self) {
         self.inner.tracker.wait().await;
+    }
+}
+
+/// Where received datagrams go, by channel.
+struct Inboxes {
+    /// SWIM, to the membership task.
+    membership: mpsc::Sender<(Channel, Inbound)>,
+    /// In-sync probes, to replication, once it has started.
+    probes: std::sync::OnceLock<mpsc::Sender<Inbound>>,
+}
+
+impl Inboxes {
+    /// Hands `msg` to its task without waiting; false when that task's queue is full (or
+    /// gone), and the datagram is dropped as a lossy network would.
+    fn deliver(&self, channel: Channel, msg: Inbound) -> bool {
+        match channel {
+            Channel::Swim | Channel::SwimCompact => self.membership.try_send((channel, msg)).is_ok(),
+            Channel::SyncProbe => self.probes.get().is_some_and(|p| p.try_send(msg).is_ok()),
+        }
+    }
+}
+
+/// Opens the sealed datagrams the socket diverts (see `demux`) and hands them on.
+struct SealedReceiver {
+    sealer: Arc<Mutex<sealed::Sealer>>,
+    blocked: Arc<RwLock<HashSet<PublicKey>>>,
+    inboxes: Arc<Inboxes>,
+    stats: Arc<Stats>,
+}
+
+impl demux::SealedSink for SealedReceiver {
+    fn on_datagram(&self, _from: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
+        let stats = &self.stats;
+        stats
+            .sealed_udp_bytes
+            .1
+            .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        let mut sealer = self.sealer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = sealed::parse_unknown(datagram) {
+            // Unauthenticated, but naming a key id only its two holders have seen: at worst an
+            // on-path attacker makes us dial again.
+            sealer.forget_key(&id);
+            return None;
+        }
+        let opened = match sealer.open(datagram, crate::time::unix_ms()) {
+            Ok(opened) => opened,
+            Err(e) => {
+                stats.sealed_refused.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, "sealed datagram refused");
+                // Shorter than any sealed datagram, so answering cannot amplify a spoofed one.
+                return match e {
+                    sealed::SealError::UnknownKey(id) => Some(sealed::unknown_reply(&id).to_vec()),
+                    _ => None,
+                };
+            }
+        };
+        drop(sealer);
+        if self
+            .blocked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&opened.from)
+        {
+            stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
+        stats
+            .datagram_bytes_received
+            .fetch_add(opened.frame.len() as u64, Ordering::Relaxed);
+        let Some((channel, data)) = frame::decode(Bytes::from(opened.frame)) else {
+            stats.datagrams_malformed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let msg = Inbound {
+            from: opened.from,
+            name: opened.name,
+            data,
+        };
+        if !self.inboxes.deliver(channel, msg) {
+            stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        None
     }
 }
 

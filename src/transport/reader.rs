@@ -78,11 +78,12 @@ impl Transport {
                 name: name.clone(),
                 data,
             };
-            if self.inner.inbound.try_send((channel, msg)).is_err() {
+            if !self.inner.inboxes.deliver(channel, msg) {
                 stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
         let stats = conn.stats();
+        self.sealer().set_rtt(&info.key, conn.rtt());
         let mut pool = self.lock();
         if pool
             .conns
@@ -96,7 +97,7 @@ impl Transport {
         pool.closed_udp.1 += stats.udp_rx.bytes;
         drop(pool);
         if let Some(not_after) = expired {
-            self.report_expired(&info, not_after);
+            self.report_expired(info.key, info.generation, not_after);
         }
     }
 

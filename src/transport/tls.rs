@@ -21,6 +21,15 @@ use crate::identity::{Admission, Admitted, NodeCertificate, PublicKey, Refusal, 
 
 /// ALPN protocol id; bumped when the wire protocol changes incompatibly.
 pub const ALPN: &[u8] = b"shoal/1";
+/// ALPN protocol id of agents that also take sealed membership datagrams (`sealed`): offered
+/// first, so two such agents agree on it, while one that only knows [`ALPN`] still connects
+/// (and is sent membership datagrams over connections only).
+pub const ALPN_SEALED: &[u8] = b"shoal/1+sealed";
+
+/// The protocols offered, preferred first.
+fn alpn_protocols() -> Vec<Vec<u8>> {
+    vec![ALPN_SEALED.to_vec(), ALPN.to_vec()]
+}
 /// Object identifier of the shoal claims extension (a private arc; only shoal reads it).
 const CLAIMS_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 59999, 7946, 1];
 /// Largest claims extension we accept.
@@ -379,7 +388,7 @@ impl TlsConfigs {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(self.verifier(None))
             .with_single_cert(local.chain(), local.private_key())?;
-        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        cfg.alpn_protocols = alpn_protocols();
         // No session resumption (see `client`): no tickets to send, no sessions to keep.
         cfg.send_tls13_tickets = 0;
         cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -394,7 +403,7 @@ impl TlsConfigs {
             .dangerous()
             .with_custom_certificate_verifier(self.verifier(expected))
             .with_client_auth_cert(local.chain(), local.private_key())?;
-        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        cfg.alpn_protocols = alpn_protocols();
         // Every connection is a full handshake, so admission (certificate, expiry, network
         // key) is checked each time, never skipped by a resumed session. A config is built per
         // connection, so a ticket cache here would never be hit anyway, yet rustls's default

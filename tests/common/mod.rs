@@ -17,6 +17,8 @@ use shoal::identity::{NodeCertificate, PublicKey, SecretKey, unix_now};
 use shoal::membership::MemberState;
 use shoal::replication::item::{ItemMeta, SignedItem};
 
+pub mod raw;
+
 /// Polls `cond` every 50 ms until it holds or `timeout` passes; panics with `what` on timeout.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
 where
