@@ -13,7 +13,12 @@
 //! - In the later window: CPU per agent; at its end RSS, USS and open connections per agent.
 //!
 //! The harness must send nothing to the agents during the windows; connections are read last,
-//! after the loopback counter, because reading shoal's gauge is itself an HTTP request.
+//! after the loopback counter, because reading shoal's gauge is itself an HTTP request. For
+//! the same reason the agents' own counters, where a tool has them, are read at convergence,
+//! after the settle window and after the later window: their first breakdown covers the wait
+//! before the settle window and the window, the second the gap and the later window.
+
+use std::collections::BTreeMap;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -95,8 +100,10 @@ fn children_cpu_secs(pid: u32) -> f64 {
 
 /// Runs the two windows against `pids` from `clock.joined` on and pushes the rows of `tool`.
 /// `connections` is called once, after the last loopback reading, and gives each agent's open
-/// connections, or `Err(why)` when the tool cannot tell.
-pub async fn measure<F, Fut>(
+/// connections, or `Err(why)` when the tool cannot tell. `counters` gives the agents' own
+/// counters summed (empty when the tool has none); see the module doc for when it is read.
+#[allow(clippy::too_many_arguments)]
+pub async fn measure<F, Fut, G, GFut>(
     out: &mut Vec<Row>,
     n: usize,
     tool: &str,
@@ -104,10 +111,14 @@ pub async fn measure<F, Fut>(
     pids: &[u32],
     clock: Clock,
     connections: F,
+    counters: G,
 ) where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Vec<f64>, String>>,
+    G: Fn() -> GFut,
+    GFut: Future<Output = BTreeMap<String, f64>>,
 {
+    let at_join = counters().await;
     let names = Names::new(opts);
     let settle_start = clock.joined + opts.change_delay;
     let settle_end = settle_start + opts.change_window;
@@ -126,11 +137,30 @@ pub async fn measure<F, Fut>(
     let cpu_total: f64 = cpu_secs(pids).iter().sum();
     let children: f64 = pids.iter().map(|p| children_cpu_secs(*p)).sum();
     let settle_rate = per_agent_rate(lo1.saturating_sub(lo0), (t1 - t0).as_secs_f64());
+    let at_settle_end = counters().await;
+    let secs = clock.joined.elapsed().as_secs_f64() * n as f64;
+    for (name, v) in &at_settle_end {
+        let d = v - at_join.get(name).copied().unwrap_or(0.0);
+        if d > 0.0 {
+            println!("N={n} {tool}:   join to settle end {name}: {:.2}/s per agent", d / secs);
+        }
+    }
 
     until(&clock, "later idle window starts", later_start, n, tool).await;
     let (lo2, t2, cpu2) = (common::lo_tx_bytes(), Instant::now(), cpu_secs(pids));
     until(&clock, "later idle window ends", later_end, n, tool).await;
     let (lo3, t3, cpu3) = (common::lo_tx_bytes(), Instant::now(), cpu_secs(pids));
+    let at_later_end = counters().await;
+    let secs = (t3 - t1).as_secs_f64() * n as f64;
+    for (name, v) in &at_later_end {
+        let d = v - at_settle_end.get(name).copied().unwrap_or(0.0);
+        if d > 0.0 {
+            println!(
+                "N={n} {tool}:   settle end to later end {name}: {:.2}/s per agent",
+                d / secs
+            );
+        }
+    }
     let later_secs = (t3 - t2).as_secs_f64();
     let later_rate = per_agent_rate(lo3.saturating_sub(lo2), later_secs);
     let cpu_pct: Vec<f64> = cpu3

@@ -456,9 +456,16 @@ pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<
         // Serf's agents talk over UDP and open TCP only for push/pull and RPC, so its count is
         // of established TCP connections: what it holds open, as shoal's gauge is.
         let pids = mesh.pids.clone();
-        rt.block_on(change::measure(out, n, tool, opts, &pids, clock, || async {
-            change::established_tcp(&pids)
-        }));
+        rt.block_on(change::measure(
+            out,
+            n,
+            tool,
+            opts,
+            &pids,
+            clock,
+            || async { change::established_tcp(&pids) },
+            || async { Default::default() },
+        ));
     }
 
     if opts.wants("idle") {

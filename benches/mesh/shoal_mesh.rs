@@ -529,7 +529,20 @@ pub fn bench(n: usize, opts: &Opts, rt: &tokio::runtime::Runtime, out: &mut Vec<
         if opts.wants("change") {
             let clock = change::Clock { spawned: t0, joined };
             let pids = mesh.pids();
-            change::measure(out, n, TOOL, opts, &pids, clock, || mesh.open_connections()).await;
+            let breakdown = || async {
+                let mut wanted = mesh.counters().await;
+                wanted.retain(|name, _| {
+                    name.starts_with("shoal_bytes")
+                        || name.starts_with("shoal_messages")
+                        || name.contains("connections_opened")
+                        || name.contains("anti_entropy")
+                        || name.contains("datagrams")
+                        || name.contains("sealed")
+                        || name.contains("swim_")
+                });
+                wanted
+            };
+            change::measure(out, n, TOOL, opts, &pids, clock, || mesh.open_connections(), breakdown).await;
         }
         if !converged {
             return;
