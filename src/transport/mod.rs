@@ -8,12 +8,14 @@
 //! task through a bounded channel with `try_send`; when it is full they are dropped and
 //! counted, as a lossy network would, so a slow consumer never stalls a connection task.
 
+mod connect;
 mod demux;
 pub mod expiry;
 mod frame;
 mod reach;
 mod reader;
 pub mod sealed;
+mod sealing;
 mod socket;
 pub mod tls;
 
@@ -34,6 +36,7 @@ use tracing::{debug, info, warn};
 pub use expiry::Expired;
 pub use frame::Channel;
 pub use reach::MAX_UNREACHABLE_TRACKED;
+use sealing::{Inboxes, SealedReceiver};
 pub use socket::UDP_SOCKET_BUFFER;
 pub use tls::{Claims, PeerInfo};
 
@@ -434,10 +437,6 @@ impl Transport {
         links.into_iter().collect()
     }
 
-    fn sealer(&self) -> std::sync::MutexGuard<'_, sealed::Sealer> {
-        self.inner.sealer.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Peers whose last dial failed (or whose traffic is blocked) with no connection since,
     /// sorted by key; at most [`MAX_UNREACHABLE_TRACKED`].
     pub fn unreachable(&self) -> Vec<PublicKey> {
@@ -576,34 +575,6 @@ impl Transport {
         }
     }
 
-    /// Sends `frame` to `to` sealed, if a session key for that run of it is held; false if
-    /// not (the caller then uses or dials a connection).
-    fn send_sealed(&self, to: Target, frame: &[u8]) -> bool {
-        let Some(datagram) = self
-            .sealer()
-            .seal(&to.key, to.generation, frame, crate::time::unix_ms())
-        else {
-            return false;
-        };
-        let stats = &self.inner.stats;
-        if demux::Demux::send_to(&*self.inner.socket, to.addr, &datagram) {
-            // As for a datagram on a live connection: the link works (again, after a block).
-            self.lock().unreachable.reached(&to.key);
-            stats.datagrams_sent.fetch_add(1, Ordering::Relaxed);
-            stats.datagrams_sealed.fetch_add(1, Ordering::Relaxed);
-            stats
-                .datagram_bytes_sent
-                .fetch_add(frame.len() as u64, Ordering::Relaxed);
-            stats
-                .sealed_udp_bytes
-                .0
-                .fetch_add(datagram.len() as u64, Ordering::Relaxed);
-        } else {
-            stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        true
-    }
-
     /// Opens a connection to `to` in the background unless a session key for it is held or a
     /// connection is cached or being dialled, so that the first datagram for a new member does
     /// not wait for a handshake.
@@ -618,230 +589,6 @@ impl Transport {
             .is_some_and(|pc| pc.info.generation >= to.generation && pc.conn.close_reason().is_none());
         if !usable && !pool.dialing.contains_key(&to.key) {
             self.start_dial(pool, to, None);
-        }
-    }
-
-    /// Starts a background dial to `to`, holding `first` for it; false when no dial slot is
-    /// free. Takes the pool lock guard so the check and the insert are one step.
-    fn start_dial(&self, mut pool: std::sync::MutexGuard<'_, Pool>, to: Target, first: Option<Bytes>) -> bool {
-        let Ok(permit) = self.inner.dial_permits.clone().try_acquire_owned() else {
-            return false;
-        };
-        pool.dialing.insert(to.key, first.into_iter().collect());
-        drop(pool);
-        let this = self.clone();
-        self.spawn(async move {
-            let _permit = permit;
-            let result = this.connect(to.addr, Some(to.key)).await;
-            let pending = this.lock().dialing.remove(&to.key).unwrap_or_default();
-            match result {
-                Ok(_) => {
-                    // Go through `send` again so the datagrams use whichever connection is
-                    // now cached (ours, or one the peer opened meanwhile).
-                    for frame in pending {
-                        if let Some((channel, payload)) = frame::decode(frame) {
-                            this.send(to, channel, &payload);
-                        }
-                    }
-                }
-                Err(e) => {
-                    if !matches!(
-                        e,
-                        TransportError::TooManyConnections(_) | TransportError::SelfConnection(_)
-                    ) {
-                        this.lock().unreachable.failed(to.key);
-                    }
-                    this.inner
-                        .stats
-                        .datagrams_dropped
-                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                    debug!(peer = %to.key.short(), addr = %to.addr, error = %e, "dial failed");
-                }
-            }
-        });
-        true
-    }
-
-    /// Connects to `addr` and returns the admitted peer. With `expected`, any other key is
-    /// refused during the handshake. The connection is cached for later sends.
-    pub async fn connect(&self, addr: SocketAddr, expected: Option<PublicKey>) -> Result<PeerInfo, TransportError> {
-        let result = self.dial(addr, expected).await;
-        if result.is_err() {
-            self.inner.stats.dial_failures.fetch_add(1, Ordering::Relaxed);
-        }
-        result
-    }
-
-    async fn dial(&self, addr: SocketAddr, expected: Option<PublicKey>) -> Result<PeerInfo, TransportError> {
-        if let Some(key) = expected
-            && self.is_blocked(&key)
-        {
-            return Err(TransportError::Blocked(key));
-        }
-        if addr == self.inner.local_addr {
-            return Err(TransportError::SelfConnection(addr));
-        }
-        if !self.make_room() {
-            return Err(TransportError::TooManyConnections(self.inner.max_connections));
-        }
-        let mut client = quinn::ClientConfig::new(Arc::new(self.inner.tls.client(expected)?));
-        client.transport_config(self.inner.transport_config.clone());
-        let connecting = self
-            .inner
-            .endpoint
-            .connect_with(client, addr, "shoal")
-            .map_err(|source| TransportError::Connect { addr, source })?;
-        let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
-            .await
-            .map_err(|_| TransportError::Timeout(addr))?
-            .map_err(|source| TransportError::Connection { addr, source })?;
-        self.register(conn, addr, true)
-    }
-
-    /// Below the connection limit, true. At it, closes the oldest connection to a peer that
-    /// sealed datagrams still reach (membership loses nothing; a stream on it fails and is
-    /// retried by its owner) and returns true; false if there is none.
-    fn make_room(&self) -> bool {
-        let max = self.inner.max_connections;
-        let pool = self.lock();
-        if pool.live.len() < max {
-            return true;
-        }
-        let sealer = self.sealer();
-        let keyed: HashSet<usize> = pool
-            .conns
-            .iter()
-            .filter(|(k, pc)| sealer.has_key(k, pc.info.generation))
-            .map(|(_, pc)| pc.conn.stable_id())
-            .collect();
-        drop(sealer);
-        // A duplicate (not the cached connection of its peer) carries nothing: it goes first.
-        let cached: HashSet<usize> = pool.conns.values().map(|pc| pc.conn.stable_id()).collect();
-        let oldest = pool
-            .live
-            .iter()
-            .filter(|(id, (c, _))| c.close_reason().is_none() && (keyed.contains(id) || !cached.contains(id)))
-            .min_by_key(|(id, (_, seq))| (cached.contains(id), *seq))
-            .map(|(_, (c, _))| c.clone());
-        drop(pool);
-        match oldest {
-            Some(conn) => {
-                debug!(limit = max, "connection limit reached; closing the oldest");
-                conn.close(0u32.into(), b"limit");
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Admits a freshly handshaken connection into the pool and starts its reader. `dialled`
-    /// says whether we initiated it.
-    fn register(&self, conn: quinn::Connection, addr: SocketAddr, dialled: bool) -> Result<PeerInfo, TransportError> {
-        let info = peer_info(&conn, &self.inner.admission).map_err(|refusal| {
-            conn.close(1u32.into(), b"refused");
-            TransportError::Refused { addr, refusal }
-        })?;
-        if info.key == self.inner.local_key {
-            conn.close(0u32.into(), b"self");
-            return Err(TransportError::SelfConnection(addr));
-        }
-        self.inner.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
-        self.keep_session_key(&conn, &info, dialled);
-        // When both sides dial at once there are two connections to the same run of the peer.
-        // Both sides keep sending on the one initiated by the lower key, so the other carries
-        // nothing and idles out instead of doubling the traffic.
-        let canonical = (self.inner.local_key < info.key) == dialled;
-        let superseded = {
-            let mut pool = self.lock();
-            pool.registered += 1;
-            let seq = pool.registered;
-            pool.live.insert(conn.stable_id(), (conn.clone(), seq));
-            pool.unreachable.reached(&info.key);
-            let keep_existing = pool.conns.get(&info.key).is_some_and(|old| {
-                old.info.generation == info.generation
-                    && old.conn.close_reason().is_none()
-                    && old.canonical
-                    && !canonical
-            });
-            if keep_existing {
-                None
-            } else {
-                let entry = PeerConn {
-                    conn: conn.clone(),
-                    info: info.clone(),
-                    canonical,
-                };
-                pool.conns.insert(info.key, entry)
-            }
-        };
-        // A connection to an earlier run of the peer is dead weight.
-        if let Some(old) = superseded
-            && old.info.generation < info.generation
-        {
-            old.conn.close(0u32.into(), b"superseded");
-        }
-        debug!(peer = %info.key.short(), name = %info.name, %addr, dialled, canonical, "connected");
-        self.spawn(self.clone().read_loop(conn, info.clone()));
-        Ok(info)
-    }
-
-    /// Keeps the session key of a handshake with a peer that takes sealed datagrams.
-    fn keep_session_key(&self, conn: &quinn::Connection, info: &PeerInfo, dialled: bool) {
-        let sealed = conn
-            .handshake_data()
-            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-            .is_some_and(|d| d.protocol.as_deref() == Some(tls::ALPN_SEALED));
-        if !sealed {
-            return;
-        }
-        let mut material = [0u8; sealed::EXPORT_LEN];
-        if conn
-            .export_keying_material(&mut material, sealed::EXPORT_LABEL, &[])
-            .is_err()
-        {
-            return;
-        }
-        let peer = sealed::SealPeer {
-            key: info.key,
-            addr: conn.remote_address(),
-            name: Arc::from(info.name.as_str()),
-            generation: info.generation,
-            not_after: info.not_after,
-        };
-        self.sealer()
-            .insert(peer, &material, dialled, conn.rtt(), crate::time::unix_ms());
-    }
-
-    async fn accept_loop(self) {
-        loop {
-            let incoming = tokio::select! {
-                _ = self.inner.cancel.cancelled() => return,
-                i = self.inner.endpoint.accept() => match i {
-                    Some(i) => i,
-                    None => return,
-                },
-            };
-            if !self.make_room() {
-                debug!(remote = %incoming.remote_address(), "connection limit reached, refusing");
-                incoming.refuse();
-                continue;
-            }
-            let this = self.clone();
-            self.spawn(async move {
-                let remote = incoming.remote_address();
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
-                    Ok(Ok(conn)) => {
-                        if let Err(e) = this.register(conn, remote, false) {
-                            debug!(%remote, error = %e, "incoming connection not kept");
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        // Refusals by our verifier were logged with their reason already.
-                        debug!(%remote, error = %e, "incoming handshake failed");
-                    }
-                    Err(_) => debug!(%remote, "incoming handshake timed out"),
-                }
-            });
         }
     }
 
@@ -880,89 +627,6 @@ impl Transport {
     /// Completes once every transport task has ended (after `close` or `abort`).
     pub async fn stopped(&self) {
         self.inner.tracker.wait().await;
-    }
-}
-
-/// Where received datagrams go, by channel.
-struct Inboxes {
-    /// SWIM, to the membership task.
-    membership: mpsc::Sender<(Channel, Inbound)>,
-    /// In-sync probes, to replication, once it has started.
-    probes: std::sync::OnceLock<mpsc::Sender<Inbound>>,
-}
-
-impl Inboxes {
-    /// Hands `msg` to its task without waiting; false when that task's queue is full (or
-    /// gone), and the datagram is dropped as a lossy network would.
-    fn deliver(&self, channel: Channel, msg: Inbound) -> bool {
-        match channel {
-            Channel::Swim | Channel::SwimCompact => self.membership.try_send((channel, msg)).is_ok(),
-            Channel::SyncProbe => self.probes.get().is_some_and(|p| p.try_send(msg).is_ok()),
-        }
-    }
-}
-
-/// Opens the sealed datagrams the socket diverts (see `demux`) and hands them on.
-struct SealedReceiver {
-    sealer: Arc<Mutex<sealed::Sealer>>,
-    blocked: Arc<RwLock<HashSet<PublicKey>>>,
-    inboxes: Arc<Inboxes>,
-    stats: Arc<Stats>,
-}
-
-impl demux::SealedSink for SealedReceiver {
-    fn on_datagram(&self, _from: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
-        let stats = &self.stats;
-        stats
-            .sealed_udp_bytes
-            .1
-            .fetch_add(datagram.len() as u64, Ordering::Relaxed);
-        let mut sealer = self.sealer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = sealed::parse_unknown(datagram) {
-            // Unauthenticated, but naming a key id only its two holders have seen: at worst an
-            // on-path attacker makes us dial again.
-            sealer.forget_key(&id);
-            return None;
-        }
-        let opened = match sealer.open(datagram, crate::time::unix_ms()) {
-            Ok(opened) => opened,
-            Err(e) => {
-                stats.sealed_refused.fetch_add(1, Ordering::Relaxed);
-                debug!(error = %e, "sealed datagram refused");
-                // Shorter than any sealed datagram, so answering cannot amplify a spoofed one.
-                return match e {
-                    sealed::SealError::UnknownKey(id) => Some(sealed::unknown_reply(&id).to_vec()),
-                    _ => None,
-                };
-            }
-        };
-        drop(sealer);
-        if self
-            .blocked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&opened.from)
-        {
-            stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
-        stats
-            .datagram_bytes_received
-            .fetch_add(opened.frame.len() as u64, Ordering::Relaxed);
-        let Some((channel, data)) = frame::decode(Bytes::from(opened.frame)) else {
-            stats.datagrams_malformed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
-        let msg = Inbound {
-            from: opened.from,
-            name: opened.name,
-            data,
-        };
-        if !self.inboxes.deliver(channel, msg) {
-            stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        None
     }
 }
 
