@@ -12,11 +12,11 @@ use std::time::Duration;
 use rand::RngExt;
 use rand::rngs::SmallRng;
 
-/// Bytes a datagram costs on the wire beyond its payload: IPv4 (20) + UDP (8) + a QUIC
-/// short header (1 flag byte, an 8-byte connection id, up to 4 bytes of packet number),
-/// the DATAGRAM frame type and length (3) and the AEAD tag (16). The agent sends every SWIM
-/// packet as one QUIC datagram, so this is what each one adds to its payload.
-pub const DATAGRAM_OVERHEAD: u64 = 20 + 8 + 13 + 3 + 16;
+/// Bytes a datagram costs on the wire beyond its payload: IPv4 (20) + UDP (8) + what sealing
+/// adds (mark, key id, counter and tag: `transport::sealed::OVERHEAD`). Agents send SWIM
+/// packets sealed once a handshake gave them a key (a QUIC datagram on a connection costs one
+/// byte less); the handshake itself is not modelled.
+pub const DATAGRAM_OVERHEAD: u64 = 20 + 8 + crate::transport::sealed::OVERHEAD as u64;
 /// Least one-way latency of a link.
 pub const BASE_LATENCY_MIN: Duration = Duration::from_millis(1);
 /// Greatest one-way latency of a link (before jitter).
