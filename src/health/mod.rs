@@ -1,7 +1,8 @@
 //! This node's health: configured checks, machine facts, a bounded sample of measured links and
 //! the links that failed, published as a signed `RecordKind::Health` record.
 //!
-//! The report is evaluated every `[health] interval` and whenever a check changes state.
+//! The report is evaluated every `[health] interval` and whenever a check changes state; the
+//! first one waits for a measured link (at most [`FIRST_REPORT_WAIT`]), so it carries them.
 //! A change of status or of a check is broadcast at once. A change of the failed links or of the
 //! files held is broadcast once it has held still for an interval, so a burst of failures costs
 //! one version per node, not one per change seen. A member joining or leaving elsewhere changes
@@ -15,6 +16,7 @@ pub mod report;
 pub mod system;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tracing::{debug, info};
@@ -26,6 +28,14 @@ use crate::replication::item::RecordKind;
 use crate::transport::Transport;
 use checks::CheckResult;
 use report::{Change, HealthReport, MemberCounts, PeerLink};
+
+/// How long a starting node holds its first report back while it has no measured link, so
+/// that one report, links included, reaches the mesh instead of a linkless one followed by a
+/// second (spread only by anti-entropy, a few items per round: at 50 agents started together
+/// that tail was most of the traffic for two minutes). A node with no peer reports after it.
+pub const FIRST_REPORT_WAIT: Duration = Duration::from_secs(10);
+/// How often a starting node looks for its first link while it holds its first report back.
+pub const FIRST_REPORT_POLL: Duration = Duration::from_millis(250);
 
 /// What the health task needs from the rest of the agent.
 pub struct HealthContext {
@@ -58,9 +68,13 @@ async fn run(ctx: HealthContext) {
     let mut pending_view: Option<(report::View, tokio::time::Instant)> = None;
     let mut tick = tokio::time::interval(ctx.config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = tokio::time::Instant::now();
+    let mut first_poll = tokio::time::interval(FIRST_REPORT_POLL);
     loop {
+        let holding_first = published.is_none() && started.elapsed() < FIRST_REPORT_WAIT;
         tokio::select! {
             _ = tick.tick() => {}
+            _ = first_poll.tick(), if holding_first => {}
             Some(result) = results.recv() => {
                 let changed = latest.iter().find(|c| c.name == result.name).is_some_and(|c| c.status != result.status);
                 if let Some(slot) = latest.iter_mut().find(|c| c.name == result.name) {
@@ -72,6 +86,9 @@ async fn run(ctx: HealthContext) {
             }
         }
         let report = build(&ctx, &latest);
+        if published.is_none() && report.links.is_empty() && started.elapsed() < FIRST_REPORT_WAIT {
+            continue;
+        }
         let since = published_at.elapsed();
         let change = report::compare(published.as_ref(), &report);
         let settled = match (change, &pending_view) {
@@ -82,9 +99,9 @@ async fn run(ctx: HealthContext) {
             }
             _ => false,
         };
-        // The first report goes out before the node has any connection: its measured links
-        // go out once, quietly, as soon as there are some, so the graph does not wait for the
-        // refresh.
+        // A node with no peer yet sends its first report without links (after
+        // `FIRST_REPORT_WAIT`): its links go out once, quietly, as soon as there are some, so
+        // the graph does not wait for the refresh.
         let fill = published.as_ref().is_some_and(|p| p.links.is_empty()) && !report.links.is_empty();
         let publish = match change {
             Change::Significant => Some(true),
