@@ -1,8 +1,9 @@
 //! This node's health: configured checks, machine facts, a bounded sample of measured links and
 //! the links that failed, published as a signed `RecordKind::Health` record.
 //!
-//! The report is evaluated every `[health] interval` and whenever a check changes state; the
-//! first one waits for a measured link (at most [`FIRST_REPORT_WAIT`]), so it carries them.
+//! The report is evaluated every `[health] interval` and whenever a check changes state. A
+//! node's first report, made before it has a link, is stored quietly; the first one with links
+//! is broadcast (looked for every [`FIRST_REPORT_POLL`] for [`FIRST_REPORT_WAIT`]).
 //! A change of status or of a check is broadcast at once. A change of the failed links or of the
 //! files held is broadcast once it has held still for an interval, so a burst of failures costs
 //! one version per node, not one per change seen. A member joining or leaving elsewhere changes
@@ -29,12 +30,14 @@ use crate::transport::Transport;
 use checks::CheckResult;
 use report::{Change, HealthReport, MemberCounts, PeerLink};
 
-/// How long a starting node holds its first report back while it has no measured link, so
-/// that one report, links included, reaches the mesh instead of a linkless one followed by a
-/// second (spread only by anti-entropy, a few items per round: at 50 agents started together
-/// that tail was most of the traffic for two minutes). A node with no peer reports after it.
+/// How long a starting node looks for its first measured link every [`FIRST_REPORT_POLL`]
+/// (later, at every `interval`), to broadcast the report with links as soon as it has some.
+/// Its first report, made before it has joined, is only stored: a linkless broadcast followed
+/// by a quiet second report with links made the second spread by anti-entropy alone, a few
+/// items per round, and at 50 agents started together that tail was most of the traffic for
+/// two minutes.
 pub const FIRST_REPORT_WAIT: Duration = Duration::from_secs(10);
-/// How often a starting node looks for its first link while it holds its first report back.
+/// How often a starting node looks for its first link (see [`FIRST_REPORT_WAIT`]).
 pub const FIRST_REPORT_POLL: Duration = Duration::from_millis(250);
 
 /// What the health task needs from the rest of the agent.
@@ -71,10 +74,11 @@ async fn run(ctx: HealthContext) {
     let started = tokio::time::Instant::now();
     let mut first_poll = tokio::time::interval(FIRST_REPORT_POLL);
     loop {
-        let holding_first = published.is_none() && started.elapsed() < FIRST_REPORT_WAIT;
+        let awaiting_links =
+            published.as_ref().is_none_or(|p| p.links.is_empty()) && started.elapsed() < FIRST_REPORT_WAIT;
         tokio::select! {
             _ = tick.tick() => {}
-            _ = first_poll.tick(), if holding_first => {}
+            _ = first_poll.tick(), if awaiting_links => {}
             Some(result) = results.recv() => {
                 let changed = latest.iter().find(|c| c.name == result.name).is_some_and(|c| c.status != result.status);
                 if let Some(slot) = latest.iter_mut().find(|c| c.name == result.name) {
@@ -86,9 +90,6 @@ async fn run(ctx: HealthContext) {
             }
         }
         let report = build(&ctx, &latest);
-        if published.is_none() && report.links.is_empty() && started.elapsed() < FIRST_REPORT_WAIT {
-            continue;
-        }
         let since = published_at.elapsed();
         let change = report::compare(published.as_ref(), &report);
         let settled = match (change, &pending_view) {
@@ -99,14 +100,16 @@ async fn run(ctx: HealthContext) {
             }
             _ => false,
         };
-        // A node with no peer yet sends its first report without links (after
-        // `FIRST_REPORT_WAIT`): its links go out once, quietly, as soon as there are some, so
-        // the graph does not wait for the refresh.
+        // The first report is made before the node has any link: it is stored, and the first
+        // one with links is broadcast (see `FIRST_REPORT_WAIT`), so the graph does not wait
+        // for the refresh and the mesh gets one report per node, not two.
         let fill = published.as_ref().is_some_and(|p| p.links.is_empty()) && !report.links.is_empty();
         let publish = match change {
+            Change::Significant if published.is_none() && report.links.is_empty() => Some(false),
             Change::Significant => Some(true),
             Change::View if settled => Some(true),
-            _ if since >= ctx.config.refresh || fill => Some(false),
+            _ if fill => Some(true),
+            _ if since >= ctx.config.refresh => Some(false),
             _ => None,
         };
         let Some(broadcast) = publish else { continue };
