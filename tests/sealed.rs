@@ -129,7 +129,7 @@ async fn a_peer_that_restarts_gets_a_new_key_whether_or_not_its_run_changes() {
 
     // The same run number on the same address: b has no key, says so, and a dials again.
     let admit_a = || Admission::new(None, [ka.public()]);
-    let (b, mut b_in) = bind_at(&kb, None, admit_a(), idle, b_addr, 1);
+    let (b, mut b_in) = rebind_at(&kb, admit_a, idle, b_addr, 1).await;
     let to_b = target(&kb, b_addr);
     let delivered = async |a: &Transport, b_in: &mut mpsc::Receiver<(Channel, Inbound)>, what: &str| {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -149,7 +149,7 @@ async fn a_peer_that_restarts_gets_a_new_key_whether_or_not_its_run_changes() {
     drop((b, b_in));
 
     // A later run: a seals nothing to it with the earlier run's key, and dials.
-    let (b, mut b_in) = bind_at(&kb, None, admit_a(), idle, b_addr, 2);
+    let (b, mut b_in) = rebind_at(&kb, admit_a, idle, b_addr, 2).await;
     let to_b2 = shoal::transport::Target { generation: 2, ..to_b };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

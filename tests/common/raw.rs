@@ -57,6 +57,39 @@ pub fn bind_at(
     (t, rx)
 }
 
+/// [`bind_at`] for an address a transport just closed: quinn's driver may hold the socket a
+/// moment longer, so the bind is tried again for up to 5 s.
+pub async fn rebind_at(
+    secret: &SecretKey,
+    admission: impl Fn() -> Admission,
+    idle: Duration,
+    listen: SocketAddr,
+    generation: u64,
+) -> (Transport, mpsc::Receiver<(Channel, Inbound)>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (tx, rx) = mpsc::channel(1024);
+        let config = TransportConfig {
+            listen,
+            idle_timeout: idle,
+            max_connections: 16,
+        };
+        let claims = Claims {
+            name: "raw".into(),
+            generation,
+            network_cert: None,
+        };
+        match Transport::bind(&config, secret, &claims, Arc::new(admission()), tx) {
+            Ok(t) => return (t, rx),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("binding {listen} again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot bind {listen} again: {e}"),
+        }
+    }
+}
+
 /// Where to send to `key` at `addr`, run 1.
 pub fn target(key: &SecretKey, addr: SocketAddr) -> Target {
     Target {
