@@ -50,11 +50,10 @@ async fn inject(to: SocketAddr, datagrams: &[Vec<u8>]) {
     }
 }
 
-/// Connects `a` to `b` and waits until `a` seals to `b` (its key has settled).
+/// Connects `a` to `b` and waits until the session keys have settled.
 async fn keyed(a: &Transport, b: &Transport, kb: &SecretKey) {
     a.connect(b.local_addr(), Some(kb.public())).await.unwrap();
-    let to_b = target(kb, b.local_addr());
-    eventually(KEY_SETTLE * 5, "the session key settled", || a.seals_to(to_b)).await;
+    tokio::time::sleep(KEY_SETTLE + Duration::from_millis(200)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,16 +108,12 @@ async fn replayed_forged_and_outsider_datagrams_are_refused_and_deliver_nothing(
         b.stats().sealed_refused.load(Relaxed) == refused_before + hostile.len() as u64 - 1
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(drain(&mut b_in).is_empty(), "nothing hostile was delivered");
 
-    // The link still works, and what arrives first after the hostile datagrams is a's next
-    // one: nothing hostile was delivered.
+    // And the link still works.
     a.send(target(&kb, b.local_addr()), Channel::SwimCompact, b"after");
     eventually(Duration::from_secs(5), "b still hears a", || !b_in.is_empty()).await;
-    let got = drain(&mut b_in);
-    assert!(
-        got.iter().all(|m| &m.data[..] == b"after"),
-        "nothing hostile was delivered"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,12 +184,7 @@ async fn connections_stay_under_the_limit_while_every_peer_is_reached() {
         a.connect(p.local_addr(), Some(k.public())).await.unwrap();
         most = most.max(a.connection_count());
     }
-    eventually(KEY_SETTLE * 5, "every session key settled", || {
-        keys.iter()
-            .zip(&peers)
-            .all(|(k, (p, _))| a.seals_to(target(k, p.local_addr())))
-    })
-    .await;
+    tokio::time::sleep(KEY_SETTLE + Duration::from_millis(200)).await;
     for (k, (p, _)) in keys.iter().zip(&peers) {
         a.send(target(k, p.local_addr()), Channel::SwimCompact, b"probe");
     }

@@ -270,17 +270,6 @@ impl Sealer {
             .is_some_and(|p| p.info.generation >= generation && !p.keys.is_empty())
     }
 
-    /// Whether [`Sealer::seal`] would seal for `key` at `generation` at Unix time `now_ms`:
-    /// a settled key, and a certificate not expired.
-    pub fn can_seal(&self, key: &PublicKey, generation: u64, now_ms: u64) -> bool {
-        let settle = KEY_SETTLE.as_millis() as u64;
-        self.peers.get(key).is_some_and(|p| {
-            p.info.generation >= generation
-                && !p.info.not_after.is_some_and(|n| expiry::is_expired(n, now_ms))
-                && p.keys.iter().any(|k| k.born_ms.saturating_add(settle) <= now_ms)
-        })
-    }
-
     /// Seals `frame` for `to` (at `generation` or a later run) with the newest settled key
     /// (see [`KEY_SETTLE`]), at Unix time `now_ms`. `None` when there is none, or the peer's
     /// certificate has expired (the caller then uses a connection, or dials, and admission

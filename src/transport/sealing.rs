@@ -19,11 +19,6 @@ impl Transport {
         self.inner.sealer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether datagrams to `to` go out sealed now (a settled session key for that run).
-    pub fn seals_to(&self, to: Target) -> bool {
-        self.sealer().can_seal(&to.key, to.generation, crate::time::unix_ms())
-    }
-
     /// Sends `frame` to `to` sealed, if a session key for that run of it is held; false if
     /// not (the caller then uses or dials a connection).
     pub(super) fn send_sealed(&self, to: Target, frame: &[u8]) -> bool {
